@@ -1,0 +1,264 @@
+"""The ``aeseg`` command line: the same engine as the napari plugin, for batch work.
+
+Every error a user can cause ends as one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from . import __version__
+from .core.errors import AesegError
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse's usage errors: one line too, exit 2
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _tile_value(text: str):
+    if text == "auto":
+        return "auto"
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is not 'auto' or pixels like 256 or 32,256,256"
+        ) from None
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="aeseg",
+        description="Denoise (and segment) images with autoencoders trained on your own data.",
+    )
+    p.add_argument("--version", action="version", version=f"napari-aeseg {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    t = sub.add_parser(
+        "train-denoiser", help="train a denoiser on noisy (or clean, for dae) images"
+    )
+    t.add_argument("images", nargs="+", metavar="IMAGE")
+    t.add_argument("--out", required=True, metavar="MODEL", help="model file to write (.aeseg)")
+    t.add_argument("--mode", choices=["n2v2", "n2v", "dae"], default="n2v2")
+    t.add_argument(
+        "--noise",
+        action="append",
+        metavar="KIND:LEVEL",
+        help="synthetic noise for --mode dae: gaussian:0.1, poisson:30, salt_pepper:0.01 (repeatable)",
+    )
+    t.add_argument("--axes", help="axes of the images, e.g. YX, ZYX, TYX, YXC (default: guessed)")
+    t.add_argument("--steps", type=int, default=2000)
+    t.add_argument("--patch", type=int, default=64, help="patch size in Y and X")
+    t.add_argument("--patch-z", type=int, default=16, help="patch size in Z (3D data)")
+    t.add_argument("--batch", type=int, default=16)
+    t.add_argument("--depth", type=int, default=2)
+    t.add_argument("--channels", type=int, default=32, help="base channels of the network")
+    t.add_argument("--lr", type=float, default=4e-4, help="learning rate")
+    t.add_argument("--optimizer", choices=["adam", "adamw", "sgd", "rmsprop"], default="adam")
+    t.add_argument("--loss", choices=["mse", "l1"], default="mse")
+    t.add_argument("--scheduler", choices=["cosine", "plateau", "constant"], default="cosine")
+    t.add_argument("--resume", metavar="MODEL", help="continue training this model file")
+    _device_seed(t, seed=True)
+
+    d = sub.add_parser("denoise", help="denoise images with a trained model")
+    d.add_argument("model", metavar="MODEL")
+    d.add_argument("images", nargs="+", metavar="IMAGE")
+    d.add_argument("--out", required=True, metavar="DIR", help="folder for <stem>.tif outputs")
+    d.add_argument("--axes", help="axes of the images (default: the model's)")
+    d.add_argument("--tile", type=_tile_value, default="auto", help="'auto' or pixels")
+    d.add_argument("--overlap", type=_tile_value, default="auto", help="'auto' or pixels")
+    _device_seed(d, seed=False)
+
+    i = sub.add_parser("info", help="describe a model file")
+    i.add_argument("model", metavar="MODEL")
+    i.add_argument("--json", action="store_true", help="print the full config as JSON")
+
+    m = sub.add_parser(
+        "demo", help="train and denoise on the bundled sample; open napari if possible"
+    )
+    m.add_argument("--out", default="aeseg-demo", metavar="DIR")
+    m.add_argument("--steps", type=int, default=400)
+    m.add_argument("--no-viewer", action="store_true", help="never open napari")
+    _device_seed(m, seed=True)
+    return p
+
+
+def _device_seed(parser: argparse.ArgumentParser, *, seed: bool) -> None:
+    parser.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
+    if seed:
+        parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _progress_bar(total: int, desc: str, quiet: bool, unit: str = "step"):
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total, desc=desc, unit=unit, disable=quiet, file=sys.stderr, dynamic_ncols=True
+    )
+
+
+def _train(args) -> int:
+    from .core.denoiser import DenoiserModel
+    from .core.image_io import read_image
+    from .core.training import DenoiserTrainer, make_denoiser_config
+
+    files = [read_image(p) for p in args.images]
+    axes = args.axes or files[0].axes
+    model = DenoiserModel.load(args.resume) if args.resume else None
+    if model is not None:
+        config = model.config.model_copy(deep=True)
+        config.training.steps = model.trained_steps + args.steps
+        axes = axes or config.axes
+    else:
+        config = make_denoiser_config(
+            files[0].data.shape,
+            mode=args.mode,
+            axes=axes,
+            noise=args.noise,
+            steps=args.steps,
+            patch_size=args.patch,
+            patch_size_z=args.patch_z,
+            batch_size=args.batch,
+            depth=args.depth,
+            base_channels=args.channels,
+            learning_rate=args.lr,
+            optimizer=args.optimizer,
+            loss=args.loss,
+            scheduler=args.scheduler,
+            seed=args.seed,
+        )
+    _check_output_file(args.out)
+    trainer = DenoiserTrainer(
+        [f.data for f in files], config, device=args.device, model=model, name=Path(args.out).stem
+    )
+    if not args.quiet:
+        print(
+            f"training {config.mode} on {len(files)} image(s), axes {config.axes}, "
+            f"device {trainer.device.type}",
+            file=sys.stderr,
+        )
+    bar = _progress_bar(trainer.total_steps - trainer.step, "train", args.quiet)
+    gen = trainer.run()
+    try:
+        while True:
+            p = next(gen)
+            bar.update(1)
+            post = {"loss": f"{p.train_loss:.4g}"}
+            if p.best_val_loss is not None:
+                post["val"] = f"{p.best_val_loss:.4g}"
+            bar.set_postfix(post, refresh=False)
+    except StopIteration as done:
+        result = done.value
+    except KeyboardInterrupt:
+        bar.close()
+        print("interrupted: saving the best weights so far", file=sys.stderr)
+        result = trainer.result()
+    bar.close()
+    path = result.save(args.out)
+    if not args.quiet:
+        print(f"saved {path} (best validation loss {trainer.best_val:.4g})", file=sys.stderr)
+    return 0
+
+
+def _check_output_file(path: str) -> None:
+    from .core.errors import OutputError
+
+    folder = Path(path).parent
+    if not folder.is_dir():
+        raise OutputError(f"cannot write '{path}': folder '{folder}' does not exist")
+    if not os.access(folder, os.W_OK):
+        raise OutputError(f"cannot write '{path}': folder '{folder}' is not writable")
+
+
+def _denoise(args) -> int:
+    from .core.denoiser import DenoiserModel
+    from .core.image_io import ensure_output_dir, read_image, write_tiff
+
+    model = DenoiserModel.load(args.model)
+    out_dir = ensure_output_dir(args.out)
+    files = [read_image(p) for p in args.images]  # fail before any work if one is unreadable
+    for f in files:
+        axes = args.axes or (f.axes if f.axes and len(f.axes) == f.data.ndim else None)
+        layout = model.check_layout(f.data.shape, axes)
+        gen = model.iter_denoise(
+            f.data, axes=layout.axes, tile=args.tile, overlap=args.overlap, device=args.device
+        )
+        bar = None
+        while True:
+            try:
+                p = next(gen)
+            except StopIteration as done:
+                result = done.value
+                break
+            if bar is None:
+                bar = _progress_bar(p.total, f.path.name, args.quiet, unit="tile")
+            bar.update(p.done - bar.n)
+        if bar is not None:
+            bar.close()
+        target = out_dir / f"{f.path.stem}.tif"
+        write_tiff(target, result, axes=layout.axes)
+        if not args.quiet:
+            print(f"wrote {target}", file=sys.stderr)
+    return 0
+
+
+def _info(args) -> int:
+    from .api import load_model
+
+    model = load_model(args.model)
+    if args.json:
+        print(json.dumps(json.loads(model.config.model_dump_json()), indent=2))
+    else:
+        print(model.describe())
+        if model.history:
+            vals = [v for _, _, v in model.history if v == v]
+            if vals:
+                print(f"best validation loss {min(vals):.4g}")
+    return 0
+
+
+def _demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(
+        out=args.out,
+        steps=args.steps,
+        device=args.device,
+        seed=args.seed,
+        open_viewer=not args.no_viewer,
+        quiet=args.quiet,
+    )
+    return 0
+
+
+COMMANDS = {"train-denoiser": _train, "denoise": _denoise, "info": _info, "demo": _demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    start = time.perf_counter()
+    try:
+        code = COMMANDS[args.command](args)
+    except AesegError as exc:
+        print(f"aeseg {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"aeseg {args.command}: interrupted", file=sys.stderr)
+        return 130
+    if not getattr(args, "quiet", True):
+        print(f"done in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""A trained denoiser: config + network + what is needed to resume training, and inference."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import DenoiserConfig, parse_config_json
+from .data import Layout, check_axes_match, check_image, guess_axes
+from .devices import resolve_device
+from .errors import InvalidInputError, ModelFileError
+from .model_io import ModelFile, read_model_file, save_model_file
+from .models import UNet, build_network
+from .tiling import TileProgress, count_tiles, iter_predict_tiled, run_generator
+
+
+@dataclass
+class DenoiserModel:
+    """A denoising autoencoder and everything saved with it.
+
+    Attributes
+    ----------
+    config
+        The validated configuration, normalisation included.
+    network
+        The network with the best weights seen during training (on the CPU after loading).
+    history
+        ``(step, train_loss, val_loss)`` rows of the training so far (``val_loss`` may be NaN).
+    trained_steps
+        Number of optimisation steps behind the weights.
+    optimizer_state, last_weights
+        The optimiser state and the weights at the last step, for resuming training.
+    name
+        A short name for menus (the file stem, or set by the trainer).
+    """
+
+    config: DenoiserConfig
+    network: UNet
+    history: list[tuple[int, float, float]] = field(default_factory=list)
+    trained_steps: int = 0
+    optimizer_state: dict | None = None
+    last_weights: dict[str, torch.Tensor] | None = None
+    name: str = "denoiser"
+
+    kind = "denoiser"
+
+    # ------------------------------------------------------------------ files
+    def save(self, path: str | os.PathLike) -> Path:
+        """Save to one file (atomically); the conventional suffix is ``.aeseg``."""
+        extra = {
+            "history": [[s, float(t), float(v)] for s, t, v in self.history],
+            "trained_steps": self.trained_steps,
+            "name": self.name,
+        }
+        weights = dict(self.network.state_dict())
+        if self.last_weights is not None:
+            weights.update({f"__last__/{k}": v for k, v in self.last_weights.items()})
+        return save_model_file(
+            path,
+            ModelFile(
+                kind=self.kind,
+                config_json=self.config.model_dump_json(),
+                weights=weights,
+                optimizer=self.optimizer_state,
+                extra=extra,
+            ),
+        )
+
+    @classmethod
+    def from_model_file(cls, raw: ModelFile, path: str | os.PathLike) -> DenoiserModel:
+        if raw.kind != "denoiser":
+            raise ModelFileError(f"'{path}' is a {raw.kind} model, but a denoiser is needed here")
+        try:
+            config = parse_config_json(DenoiserConfig, raw.config_json)
+        except ValueError as exc:
+            raise ModelFileError(f"'{path}': {str(exc).splitlines()[0]}") from None
+        network = build_network(config.architecture)
+        best = {k: v for k, v in raw.weights.items() if not k.startswith("__last__/")}
+        last = {
+            k.removeprefix("__last__/"): v
+            for k, v in raw.weights.items()
+            if k.startswith("__last__/")
+        }
+        try:
+            network.load_state_dict(best)
+        except RuntimeError:
+            raise ModelFileError(
+                f"'{path}': the weights do not match the network described in the file"
+            ) from None
+        extra = raw.extra
+        return cls(
+            config=config,
+            network=network,
+            history=[tuple(r) for r in extra.get("history", [])],
+            trained_steps=int(extra.get("trained_steps", 0)),
+            optimizer_state=raw.optimizer,
+            last_weights=last or None,
+            name=str(extra.get("name") or Path(path).stem),
+        )
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> DenoiserModel:
+        return cls.from_model_file(read_model_file(path), path)
+
+    # ------------------------------------------------------------- inference
+    def describe(self) -> str:
+        c = self.config
+        a = c.architecture
+        noise = f", noise {' + '.join(str(n) for n in c.noise)}" if c.noise else ""
+        return (
+            f"{self.name}: {c.mode} denoiser{noise}, axes {c.axes}, {a.spatial_dims}D, "
+            f"{a.in_channels} channel(s), depth {a.depth}, {a.base_channels} base channels, "
+            f"{self.trained_steps} steps trained"
+        )
+
+    def check_layout(self, shape: tuple[int, ...], axes: str | None) -> Layout:
+        """Validate an image against this model; the error says what to change."""
+        if axes is None:
+            axes = self.config.axes if len(self.config.axes) == len(shape) else guess_axes(shape)
+        axes = check_axes_match(shape, axes)
+        layout = Layout(axes, tuple(shape))
+        dims = self.config.spatial_dims
+        if layout.spatial_dims != dims:
+            hint = (
+                " To denoise a stack slice by slice with a 2D model, call its Z axis S "
+                f"(axes '{axes.replace('Z', 'S')}')."
+                if dims == 2
+                else ""
+            )
+            raise InvalidInputError(
+                f"the model is {dims}D (trained on axes '{self.config.axes}') but the image is "
+                f"{layout.spatial_dims}D (axes '{axes}').{hint}"
+            )
+        if layout.channels != self.config.n_channels:
+            raise InvalidInputError(
+                f"the model expects {self.config.n_channels} channel(s) but the image has "
+                f"{layout.channels} (axes '{axes}', shape {tuple(shape)})"
+            )
+        return layout
+
+    def iter_denoise(
+        self,
+        image: np.ndarray,
+        *,
+        axes: str | None = None,
+        tile: int | Sequence[int] | str = "auto",
+        overlap: int | Sequence[int] | str = "auto",
+        device: str | torch.device = "auto",
+        cancel: Callable[[], bool] | None = None,
+    ) -> Generator[TileProgress, None, np.ndarray]:
+        """Denoise tile by tile, yielding progress; returns float32 in the input's layout."""
+        image = check_image(image)
+        layout = self.check_layout(image.shape, axes)
+        dev = resolve_device(device)
+        net = self.network.to(dev).eval()
+        internal = layout.to_internal(image)
+        norm = self.config.normalization
+        lo = np.asarray(norm.low, np.float32)
+        span = np.asarray(norm.high, np.float32) - lo
+        shape_c = (-1,) + (1,) * layout.spatial_dims
+
+        def prepare(t: np.ndarray) -> np.ndarray:
+            t -= lo.reshape(shape_c)
+            t /= span.reshape(shape_c)
+            return t
+
+        divisor = self.config.architecture.divisor
+        per_sample = count_tiles(
+            layout.spatial_shape, tile=tile, overlap=overlap, divisor=divisor, device=dev
+        )
+        total = per_sample * internal.shape[0]
+        out = np.empty((internal.shape[0], layout.channels, *layout.spatial_shape), np.float32)
+        for n in range(internal.shape[0]):
+            pred = yield from iter_predict_tiled(
+                net,
+                internal[n],
+                out_channels=layout.channels,
+                divisor=divisor,
+                device=dev,
+                tile=tile,
+                overlap=overlap,
+                prepare=prepare,
+                cancel=cancel,
+                progress_offset=n * per_sample,
+                progress_total=total,
+                out=out[n],
+            )
+            pred *= span.reshape(shape_c)
+            pred += lo.reshape(shape_c)
+        return layout.from_internal(out)
+
+    def denoise(self, image: np.ndarray, **kwargs) -> np.ndarray:
+        """Denoise an image; see :meth:`iter_denoise` for the options."""
+        return run_generator(self.iter_denoise(image, **kwargs))
+
+
+def load_denoiser(path: str | os.PathLike) -> DenoiserModel:
+    """Load a denoiser model file (never unpickles)."""
+    return DenoiserModel.load(path)
