@@ -1,0 +1,300 @@
+"""Pieces shared by the dock widgets: layer pickers, device choice, jobs, errors, metadata."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from napari.layers import Image
+from napari.utils.notifications import show_error
+from qtpy.QtCore import Qt, Signal
+from qtpy.QtWidgets import QAbstractItemView, QComboBox, QFileDialog, QListWidget, QWidget
+
+from ..core.config import AXES_LETTERS
+from ..core.data import guess_axes
+from ..core.devices import DEVICE_CHOICES, available_devices, describe_device, resolve_device
+from ..core.errors import AesegError
+from ..core.model_io import MODEL_SUFFIX
+
+log = logging.getLogger("napari_aeseg")
+
+MODEL_FILTER = f"napari-aeseg models (*{MODEL_SUFFIX});;All files (*)"
+
+
+# --------------------------------------------------------------------------- errors and jobs
+@dataclass(frozen=True)
+class Failure:
+    """What a job returns instead of raising, so no traceback dialog ever reaches the user."""
+
+    error: BaseException
+
+
+def report_failure(error: BaseException, task: str) -> None:
+    """Show an engine error as it is; anything else as one short line (traceback to the log)."""
+    if isinstance(error, AesegError):
+        show_error(str(error))
+        return
+    log.error("%s failed", task, exc_info=error)
+    first = str(error).splitlines()[0] if str(error) else ""
+    detail = f"{type(error).__name__}: {first}" if first else type(error).__name__
+    show_error(f"{task} failed unexpectedly ({detail}); the layers are unchanged.")
+
+
+def start_job(
+    gen: Generator,
+    *,
+    on_yield: Callable[[Any], None],
+    on_return: Callable[[Any], None],
+    on_exit: Callable[[], None] | None = None,
+    sync: bool = False,
+):
+    """Drive ``gen`` in a napari thread worker (or right here when ``sync``).
+
+    ``gen`` must not raise (the job generators return a :class:`Failure` instead); its
+    values go to ``on_yield`` and its return value to ``on_return``, both on the main thread.
+    ``on_exit`` runs in the worker thread when it ends for any reason, including napari
+    aborting the worker when its window closes (then ``gen`` is simply not resumed).
+    Returns the worker, or ``None`` when run synchronously.
+    """
+    if sync:
+        while True:
+            try:
+                item = next(gen)
+            except StopIteration as done:
+                if on_exit is not None:
+                    on_exit()
+                on_return(done.value)
+                return None
+            on_yield(item)
+
+    from napari.qt.threading import create_worker
+
+    def drive():
+        return (yield from gen)
+
+    worker = create_worker(drive, _start_thread=False, _ignore_errors=True)
+    worker.yielded.connect(on_yield)
+    worker.returned.connect(on_return)
+    worker.errored.connect(lambda exc: on_return(Failure(exc)))
+    if on_exit is not None:
+        worker.finished.connect(on_exit, Qt.ConnectionType.DirectConnection)
+    worker.start()
+    return worker
+
+
+def format_seconds(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "--"
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+# --------------------------------------------------------------------------- layers
+def layer_data(layer: Image):
+    """The full-resolution data of a layer, not read yet when it is lazy (dask, zarr)."""
+    data = layer.data[0] if layer.multiscale else layer.data
+    return np.asarray(data) if isinstance(data, np.ndarray) else data
+
+
+def guess_layer_axes(layer: Image) -> str:
+    """Axes of a layer: its axis labels when they are axis letters, else a guess (RGB: YXC)."""
+    shape = tuple(layer_data(layer).shape)
+    labels = [str(a).strip().upper() for a in getattr(layer, "axis_labels", ())]
+    if layer.rgb:
+        labels.append("C")
+    if (
+        len(labels) == len(shape)
+        and all(len(a) == 1 and a in AXES_LETTERS for a in labels)
+        and len(set(labels)) == len(labels)
+        and {"Y", "X"} <= set(labels)
+    ):
+        return "".join(labels)
+    try:
+        return guess_axes(shape, rgb=layer.rgb)
+    except AesegError:
+        return ""
+
+
+def spatial_metadata(layer: Image) -> dict:
+    """What an output layer needs to overlay ``layer`` exactly (and to look alike)."""
+    meta = {
+        "scale": tuple(layer.scale),
+        "translate": tuple(layer.translate),
+        "rotate": np.asarray(layer.rotate),
+        "shear": np.asarray(layer.shear),
+        "affine": layer.affine.affine_matrix,
+    }
+    for key in ("units", "axis_labels"):
+        if hasattr(layer, key):
+            meta[key] = tuple(str(u) for u in getattr(layer, key))
+    return meta
+
+
+def shifted_metadata(meta: dict, offset) -> dict:
+    """``meta`` for a crop that starts at data index ``offset`` (one value per layer dim)."""
+    from napari.utils.transforms import Affine
+
+    offset = np.asarray(offset, float)
+    try:
+        linear = Affine(scale=meta["scale"], rotate=meta["rotate"], shear=meta["shear"])
+        step = linear.linear_matrix @ offset
+    except (ValueError, TypeError):
+        step = np.asarray(meta["scale"]) * offset
+    return {**meta, "translate": tuple(np.asarray(meta["translate"]) + step)}
+
+
+def image_layers(viewer) -> list[Image]:
+    return [ly for ly in viewer.layers if isinstance(ly, Image)]
+
+
+class _FollowsLayers:
+    """Mixin: refresh from the viewer's image layers on insert/remove/move/rename."""
+
+    def _follow(self, viewer) -> None:
+        self._viewer = viewer
+        events = viewer.layers.events
+        for ev in (events.inserted, events.removed, events.moved):
+            ev.connect(self._on_layers_changed)
+        self._refresh()
+        self.destroyed.connect(lambda *_: _disconnect(viewer, self._on_layers_changed))
+
+    def _on_layers_changed(self, event=None) -> None:
+        self._refresh()
+
+    def _watch_names(self, layers) -> None:
+        for ly in layers:
+            ly.events.name.connect(self._on_layers_changed)
+
+
+def _disconnect(viewer, callback) -> None:
+    events = viewer.layers.events
+    for ev in (events.inserted, events.removed, events.moved):
+        ev.disconnect(callback)
+    for ly in viewer.layers:
+        ly.events.name.disconnect(callback)
+
+
+class ImageLayerCombo(_FollowsLayers, QComboBox):
+    """A dropdown of the viewer's image layers that follows them."""
+
+    layer_changed = Signal()
+
+    def __init__(self, viewer, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.setMinimumContentsLength(12)
+        self.currentIndexChanged.connect(lambda *_: self.layer_changed.emit())
+        self._follow(viewer)
+
+    def _refresh(self) -> None:
+        layers = image_layers(self._viewer)
+        self._watch_names(layers)
+        current = self.currentText()
+        names = [ly.name for ly in layers]
+        if names == [self.itemText(i) for i in range(self.count())]:
+            return
+        self.blockSignals(True)
+        self.clear()
+        self.addItems(names)
+        active = self._viewer.layers.selection.active
+        if current in names:
+            self.setCurrentText(current)
+        elif isinstance(active, Image):
+            self.setCurrentText(active.name)
+        self.blockSignals(False)
+        self.layer_changed.emit()
+
+    def layer(self) -> Image | None:
+        name = self.currentText()
+        return self._viewer.layers[name] if name in self._viewer.layers else None
+
+
+class ImageLayerList(_FollowsLayers, QListWidget):
+    """The viewer's image layers, several selectable (the training images)."""
+
+    layers_changed = Signal()
+
+    def __init__(self, viewer, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
+        self.setToolTip("Images to train on (Ctrl/Shift-click to select several)")
+        self.itemSelectionChanged.connect(self.layers_changed.emit)
+        self._follow(viewer)
+
+    def sizeHint(self):
+        hint = super().sizeHint()
+        hint.setHeight(4 * self.fontMetrics().height() + 12)
+        return hint
+
+    def _refresh(self) -> None:
+        layers = image_layers(self._viewer)
+        self._watch_names(layers)
+        names = [ly.name for ly in layers]
+        if names == [self.item(i).text() for i in range(self.count())]:
+            return
+        selected = {it.text() for it in self.selectedItems()}
+        self.blockSignals(True)
+        self.clear()
+        self.addItems(names)
+        if not selected & set(names):
+            active = self._viewer.layers.selection.active
+            pick = active.name if isinstance(active, Image) else (names[0] if names else None)
+            selected = {pick}
+        for i in range(self.count()):
+            self.item(i).setSelected(self.item(i).text() in selected)
+        self.blockSignals(False)
+        self.layers_changed.emit()
+
+    def layers(self) -> list[Image]:
+        chosen = {it.text() for it in self.selectedItems()}
+        return [ly for ly in image_layers(self._viewer) if ly.name in chosen]
+
+    def select(self, names) -> None:
+        names = {names} if isinstance(names, str) else set(names)
+        for i in range(self.count()):
+            self.item(i).setSelected(self.item(i).text() in names)
+
+
+# --------------------------------------------------------------------------- devices
+class DeviceCombo(QComboBox):
+    """``auto`` (saying what it resolves to here) and the devices that exist."""
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        present = set(available_devices())
+        for name in DEVICE_CHOICES:
+            label = name
+            if name == "auto":
+                label = f"auto: {describe_device(resolve_device('auto'))}"
+            elif name not in present:
+                label = f"{name} (not available)"
+            self.addItem(label, name)
+            if name != "auto" and name not in present:
+                item = self.model().item(self.count() - 1)
+                item.setEnabled(False)
+                item.setToolTip(f"no {name} device on this machine")
+        self.setToolTip("Where the network runs; auto picks CUDA, then Apple MPS, then the CPU")
+
+    def device(self) -> str:
+        return self.currentData(Qt.ItemDataRole.UserRole)
+
+
+# --------------------------------------------------------------------------- file dialogs
+def ask_save_model_path(parent: QWidget, suggested: str) -> Path | None:
+    path, _ = QFileDialog.getSaveFileName(parent, "Save model", suggested, MODEL_FILTER)
+    if not path:
+        return None
+    path = Path(path)
+    return path if path.suffix else path.with_suffix(MODEL_SUFFIX)
+
+
+def ask_open_model_path(parent: QWidget) -> Path | None:
+    path, _ = QFileDialog.getOpenFileName(parent, "Load model", "", MODEL_FILTER)
+    return Path(path) if path else None

@@ -1,0 +1,227 @@
+"""Train in the Train widget, denoise in the Denoise widget: the whole GUI path."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from qtpy.QtCore import QTimer
+
+from napari_aeseg._widgets.denoise import output_name
+from napari_aeseg._widgets.loss_plot import TRAIN_COLOR, VAL_COLOR
+from napari_aeseg.core.noise import psnr
+
+from .conftest import layer_state, wait_idle
+
+
+def test_train_from_start_button_then_denoise(qtbot, viewer_with_widgets, nuclei):
+    clean, noisy = nuclei
+    viewer, train, denoise = viewer_with_widgets()
+    assert train.axes_edit.text() == "YX"
+
+    train.start_button.click()
+    assert train.running and train.stop_button.isEnabled()
+    wait_idle(qtbot, train)
+
+    model = train.model
+    assert model is not None and model.trained_steps == 40
+    steps = [s for s, _ in train.loss_plot.train_points]
+    assert steps == list(range(1, 41))
+    assert train.loss_plot.val_points, "validation losses are plotted too"
+    assert _pixels_of(train.loss_plot, TRAIN_COLOR) > 50, "the train curve is drawn"
+    assert _pixels_of(train.loss_plot, VAL_COLOR) > 10, "the validation curve is drawn"
+    # the preview (every 20 steps) overlays the input
+    preview = viewer.layers["noisy preview"]
+    assert preview.data.shape == noisy.shape
+    # the model is offered in the Denoise widget, selected
+    assert denoise.model_names() == [model.name] == ["noisy-n2v"]
+    assert denoise.model_combo.currentText() == model.name
+
+    denoise.run_button.click()
+    wait_idle(qtbot, denoise)
+    out_layer = viewer.layers[output_name("noisy", model.name)]
+    out = np.asarray(out_layer.data)
+    assert out.shape == noisy.shape and out.dtype == np.float32
+    before, after = psnr(clean, noisy, 1.0), psnr(clean, out, 1.0)
+    print(f"PSNR vs clean: noisy {before:.2f} dB, denoised {after:.2f} dB")
+    assert after > before + 1.0
+
+    n_layers = len(viewer.layers)
+    denoise.run_button.click()
+    wait_idle(qtbot, denoise)
+    assert len(viewer.layers) == n_layers
+    assert viewer.layers[output_name("noisy", model.name)] is out_layer
+    np.testing.assert_allclose(out_layer.data, out, atol=1e-5)
+
+
+def test_stop_is_fast_and_continue_resumes(qtbot, viewer_with_widgets):
+    viewer, train, _ = viewer_with_widgets()
+    train.set_options(steps=100_000, preview=False)
+    train.start_button.click()
+    qtbot.waitUntil(lambda: len(train.loss_plot.train_points) >= 5, timeout=60_000)
+
+    t0 = time.perf_counter()
+    train.stop_button.click()
+    wait_idle(qtbot, train, timeout=5000)
+    stop_s = time.perf_counter() - t0
+    print(f"Stop took {stop_s * 1000:.0f} ms")
+    assert stop_s < 1.0
+    first = train.model
+    stopped_at = first.trained_steps
+    assert 5 <= stopped_at < 100_000
+    assert train.continue_button.isEnabled()
+
+    train.continue_button.click()
+    qtbot.waitUntil(lambda: train.loss_plot.train_points[-1][0] >= stopped_at + 5, timeout=60_000)
+    train.stop_button.click()
+    wait_idle(qtbot, train, timeout=5000)
+    steps = [s for s, _ in train.loss_plot.train_points]
+    assert steps == list(range(1, len(steps) + 1)), "Continue carries on from the stop"
+    assert train.model.trained_steps == steps[-1] > stopped_at
+    assert train.trainer.step == train.model.trained_steps
+    # the continued model replaces the first one under the same name
+    assert train.model.name == first.name
+
+
+def test_continue_after_a_finished_run_adds_steps(qtbot, viewer_with_widgets):
+    _, train, _ = viewer_with_widgets()
+    train.set_options(steps=10, preview=False)
+    train.start(sync=True)
+    assert train.model.trained_steps == 10
+    optimiser = train.trainer.optimizer
+    train.resume(sync=True)
+    assert train.model.trained_steps == 20
+    assert train.trainer.optimizer is optimiser
+
+
+def test_rgb_declared_as_yx_is_refused(viewer_with_widgets, errors):
+    rgb = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)
+    viewer, train, _ = viewer_with_widgets(rgb, name="rgb", rgb=True)
+    assert train.axes_edit.text() == "YXC"
+    before = layer_state(viewer)
+    train.set_options(axes="YX")
+    train.start_button.click()
+    assert not train.running
+    assert len(errors) == 1 and "RGB" in errors[0]
+    assert layer_state(viewer) == before
+
+
+def test_image_smaller_than_patch_is_refused(qtbot, viewer_with_widgets, errors):
+    small = np.random.default_rng(0).random((20, 20)).astype(np.float32)
+    viewer, train, _ = viewer_with_widgets(small, name="small")
+    before = layer_state(viewer)
+    train.start_button.click()
+    wait_idle(qtbot, train)
+    assert len(errors) == 1 and "smaller than the patch size" in errors[0]
+    assert layer_state(viewer) == before
+    assert train.model is None and train.start_button.isEnabled()
+
+
+def test_deleting_the_input_layer_while_training(qtbot, viewer_with_widgets, errors):
+    viewer, train, denoise = viewer_with_widgets()
+    train.set_options(steps=60, preview_every=10)
+    train.start_button.click()
+    qtbot.waitUntil(lambda: len(train.loss_plot.train_points) >= 3, timeout=60_000)
+    viewer.layers.remove("noisy")
+    wait_idle(qtbot, train)
+    assert errors == []
+    assert train.model.trained_steps == 60
+    assert denoise.layer_combo.count() == 1  # only the preview layer is left
+
+
+def test_closing_the_viewer_stops_training(qtbot, make_napari_viewer, nuclei):
+    viewer = make_napari_viewer()
+    viewer.add_image(nuclei[1], name="noisy")
+    _, train = viewer.window.add_plugin_dock_widget("napari-aeseg", "Train denoiser")
+    train.set_options(steps=100_000, patch_size=32, batch_size=4, depth=1, base_channels=8)
+    train.start_button.click()
+    qtbot.waitUntil(lambda: len(train.loss_plot.train_points) >= 2, timeout=60_000)
+    holder = train._holder
+    viewer.close()
+    qtbot.waitUntil(lambda: holder.job.idle.is_set(), timeout=5000)
+    assert holder.job.trainer.step < 100_000
+
+
+def test_gui_stays_responsive_while_training(qtbot, viewer_with_widgets):
+    _, train, _ = viewer_with_widgets()
+    train.set_options(steps=100_000, preview_every=25)
+    gaps: list[float] = []
+    last = [time.perf_counter()]
+
+    def tick():
+        now = time.perf_counter()
+        gaps.append(now - last[0])
+        last[0] = now
+
+    timer = QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(tick)
+    train.start_button.click()
+    qtbot.waitUntil(lambda: len(train.loss_plot.train_points) >= 1, timeout=60_000)
+    last[0] = time.perf_counter()
+    timer.start()
+    qtbot.wait(3000)
+    timer.stop()
+    train.stop_button.click()
+    wait_idle(qtbot, train, timeout=5000)
+    n_steps = len(train.loss_plot.train_points)
+    print(
+        f"main-thread timer: {len(gaps)} ticks, max gap {max(gaps) * 1000:.0f} ms, "
+        f"median {np.median(gaps) * 1000:.1f} ms, {n_steps} steps trained"
+    )
+    assert n_steps > 10, "training made progress while the timer ran"
+    assert max(gaps) < 0.5
+
+
+def test_save_then_load_in_a_new_viewer(
+    qtbot, make_napari_viewer, viewer_with_widgets, nuclei, tmp_path, monkeypatch, empty_session
+):
+    from qtpy.QtWidgets import QFileDialog
+
+    _, noisy = nuclei
+    viewer, train, denoise = viewer_with_widgets()
+    train.set_options(steps=20, preview=False)
+    train.start(sync=True)
+    denoise.run(sync=True)
+    first = np.asarray(viewer.layers[output_name("noisy", train.model.name)].data)
+
+    target = tmp_path / "tiny"
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (str(target), ""))
+    train.save_button.click()
+    saved = target.with_suffix(".aeseg")
+    assert saved.is_file()
+
+    empty_session.clear()
+    viewer2 = make_napari_viewer()
+    viewer2.add_image(noisy, name="noisy")
+    _, denoise2 = viewer2.window.add_plugin_dock_widget("napari-aeseg", "Denoise")
+    assert denoise2.model_names() == []
+    assert not denoise2.run_button.isEnabled()
+    monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *a, **k: (str(saved), ""))
+    denoise2.load_button.click()
+    assert denoise2.model_names() == ["noisy-n2v"]
+    denoise2.run_button.click()
+    wait_idle(qtbot, denoise2)
+    second = np.asarray(viewer2.layers[output_name("noisy", "noisy-n2v")].data)
+    np.testing.assert_array_equal(first, second)
+
+    # the Train widget's Load puts the model in the session too, ready to Continue
+    empty_session.clear()
+    _, train2 = viewer2.window.add_plugin_dock_widget("napari-aeseg", "Train denoiser")
+    train2.load_button.click()
+    assert train2.continue_button.isEnabled()
+    assert train2.loss_plot.train_points[-1][0] == 20
+    train2.set_options(steps=5, preview=False)
+    train2.resume(sync=True)
+    assert train2.model.trained_steps == 25
+
+
+def _pixels_of(widget, color) -> int:
+    """How many pixels of ``widget`` (rendered off-screen) have about this colour."""
+    image = widget.grab().toImage()
+    ptr = image.constBits()
+    ptr.setsize(image.sizeInBytes())
+    bgra = np.frombuffer(ptr, np.uint8).reshape(image.height(), image.bytesPerLine() // 4, 4)
+    rgb = bgra[..., [2, 1, 0]].astype(int)
+    target = np.array([color.red(), color.green(), color.blue()])
+    return int((np.abs(rgb - target).sum(axis=-1) < 40).sum())
