@@ -133,7 +133,9 @@ def test_closing_the_viewer_stops_training(qtbot, make_napari_viewer, nuclei):
     viewer = make_napari_viewer()
     viewer.add_image(nuclei[1], name="noisy")
     _, train = viewer.window.add_plugin_dock_widget("napari-aeseg", "Train denoiser")
-    train.set_options(steps=100_000, patch_size=32, batch_size=4, depth=1, base_channels=8)
+    train.set_options(
+        mode="n2v", steps=100_000, patch_size=32, batch_size=4, depth=1, base_channels=8
+    )
     train.start_button.click()
     qtbot.waitUntil(lambda: len(train.loss_plot.train_points) >= 2, timeout=60_000)
     holder = train._holder
