@@ -1,0 +1,146 @@
+"""Manifest contributions in a real viewer: samples, docking, the model reader, label writers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_aeseg._reader import get_reader
+from napari_aeseg._widgets.denoise import DenoiseWidget
+from napari_aeseg._widgets.train import TrainDenoiserWidget
+from napari_aeseg.core.training import train_denoiser
+
+from .conftest import layer_state
+
+SAMPLES = {
+    "nuclei_2d": [("nuclei", "image", (512, 512)), ("nuclei ground truth", "labels", (512, 512))],
+    "nuclei_3d": [("nuclei 3D", "image", (60, 256, 256))],
+    "synthetic_2d": [
+        ("synthetic clean", "image", (256, 256)),
+        ("synthetic noisy", "image", (256, 256)),
+        ("synthetic ground truth", "labels", (256, 256)),
+    ],
+    "synthetic_3d": [
+        ("synthetic 3D clean", "image", (48, 128, 128)),
+        ("synthetic 3D noisy", "image", (48, 128, 128)),
+        ("synthetic 3D ground truth", "labels", (48, 128, 128)),
+    ],
+    "retina": [("retina", "image", (512, 512, 3))],
+}
+
+
+@pytest.mark.parametrize("key", list(SAMPLES))
+def test_each_sample_opens(make_napari_viewer, key):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-aeseg", key)
+    got = [(ly.name, type(ly).__name__.lower(), np.shape(ly.data)) for ly in viewer.layers]
+    assert got == SAMPLES[key]
+    if key == "retina":
+        assert viewer.layers["retina"].rgb
+    if key == "nuclei_2d":
+        labels = viewer.layers["nuclei ground truth"].data
+        assert labels.max() == 125 and np.issubdtype(labels.dtype, np.integer)
+
+
+def test_widgets_dock_through_the_manifest(make_napari_viewer):
+    viewer = make_napari_viewer()
+    _, train = viewer.window.add_plugin_dock_widget("napari-aeseg", "Train denoiser")
+    _, denoise = viewer.window.add_plugin_dock_widget("napari-aeseg", "Denoise")
+    assert isinstance(train, TrainDenoiserWidget) and isinstance(denoise, DenoiseWidget)
+    # the layer pickers follow the viewer
+    viewer.add_image(np.zeros((32, 32), np.float32), name="a")
+    viewer.add_image(np.zeros((32, 32), np.float32), name="b")
+    assert [train.layer_list.item(i).text() for i in range(train.layer_list.count())] == ["a", "b"]
+    assert denoise.layer_combo.count() == 2
+    viewer.layers["a"].name = "renamed"
+    assert denoise.layer_combo.itemText(0) == "renamed"
+    viewer.layers.remove("b")
+    assert train.layer_list.count() == 1 and denoise.layer_combo.count() == 1
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory, nuclei):
+    model = train_denoiser(
+        nuclei[1],
+        mode="n2v",
+        axes="YX",
+        steps=3,
+        patch_size=32,
+        batch_size=2,
+        depth=1,
+        base_channels=4,
+        device="cpu",
+    )
+    model.name = "dropped"
+    return model.save(tmp_path_factory.mktemp("models") / "dropped.aeseg")
+
+
+def test_dropping_a_model_file_registers_it(make_napari_viewer, model_file, empty_session):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((32, 32), np.float32), name="img")
+    _, denoise = viewer.window.add_plugin_dock_widget("napari-aeseg", "Denoise")
+    before = layer_state(viewer)
+    viewer.open(str(model_file), plugin="napari-aeseg")
+    assert layer_state(viewer) == before, "no layer is added for a model"
+    assert empty_session.names() == ["dropped"]
+    assert denoise.model_names() == ["dropped"]
+    assert denoise.run_button.isEnabled()
+
+
+def test_reader_declines_other_files(tmp_path, model_file):
+    tif = tmp_path / "image.tif"
+    tifffile.imwrite(tif, np.zeros((8, 8), np.uint8))
+    assert get_reader(str(tif)) is None
+    assert get_reader(str(tmp_path / "missing.aeseg")) is None
+    assert get_reader(str(model_file)) is not None
+    assert get_reader([str(model_file), str(tif)]) is None
+
+
+def test_a_broken_model_file_says_so(make_napari_viewer, tmp_path, empty_session):
+    bad = tmp_path / "broken.aeseg"
+    bad.write_bytes(b"not a model")
+    viewer = make_napari_viewer()
+    with pytest.raises(Exception, match="not a readable napari-aeseg model"):
+        viewer.open(str(bad), plugin="napari-aeseg")
+    assert len(viewer.layers) == 0 and empty_session.names() == []
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32, np.uint32, np.int64])
+@pytest.mark.parametrize("suffix", [".tif", ".zarr"])
+def test_labels_writers_round_trip(make_napari_viewer, tmp_path, dtype, suffix):
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, np.iinfo(dtype).max, (3, 40, 50), dtype=dtype, endpoint=True)
+    labels[0, 0, 0] = np.iinfo(dtype).max
+    viewer = make_napari_viewer()
+    viewer.add_labels(labels, name="cells", scale=(2.0, 0.5, 0.5), translate=(1.0, 0.0, 3.0))
+    path = tmp_path / f"cells{suffix}"
+    written = viewer.layers.save(str(path), selected=False, plugin="napari-aeseg")
+    assert written == [str(path)]
+    if suffix == ".tif":
+        back = tifffile.imread(path)
+    else:
+        import zarr
+
+        group = zarr.open_group(str(path), mode="r")
+        back = group["0"][:]
+        ms = group.attrs["multiscales"][0]
+        assert [a["name"] for a in ms["axes"]] == ["z", "y", "x"]
+        transforms = ms["datasets"][0]["coordinateTransformations"]
+        assert transforms[0]["scale"] == [2.0, 0.5, 0.5]
+        assert transforms[1]["translation"] == [1.0, 0.0, 3.0]
+    assert back.dtype == labels.dtype
+    np.testing.assert_array_equal(back, labels)
+
+
+def test_zarr_writer_replaces_an_existing_store(tmp_path):
+    import zarr
+
+    from napari_aeseg._writer import write_labels_zarr
+
+    path = tmp_path / "seg.zarr"
+    write_labels_zarr(str(path), np.ones((10, 10), np.uint16), {"name": "a"})
+    write_labels_zarr(str(path), np.full((12, 8), 7, np.uint16), {"name": "b"})
+    back = zarr.open_group(str(path), mode="r")["0"][:]
+    assert back.shape == (12, 8) and (back == 7).all()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["seg.zarr"]
