@@ -80,7 +80,8 @@ class ArchitectureConfig(_Strict):
     blur_pool: bool = False
     #: N2V2 drops the skip connection at full resolution so the blind spot cannot leak
     top_skip: bool = True
-    batch_norm: bool = True
+    #: off by default: with the small batches of patch training its statistics are unreliable
+    batch_norm: bool = False
 
     @property
     def divisor(self) -> int:
@@ -160,6 +161,10 @@ class DenoiserConfig(_Strict):
             )
         if self.mode == "dae" and not self.noise:
             raise ValueError("mode 'dae' needs at least one noise, e.g. gaussian:0.1")
+        if not self.architecture.top_skip and self.architecture.depth < 2:
+            raise ValueError(
+                "without the full-resolution skip connection (n2v2) the network needs depth >= 2"
+            )
         div = self.architecture.divisor
         t = self.training
         if t.patch_size % div:

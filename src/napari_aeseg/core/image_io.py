@@ -106,9 +106,16 @@ def write_tiff(path: str | os.PathLike, data: np.ndarray, *, axes: str | None = 
 
     path = Path(path)
     buf = io.BytesIO()
-    kwargs = {}
-    if axes is not None and set(axes) <= set("TZCYX") and axes.endswith("YX"):
-        kwargs = {"imagej": False, "metadata": {"axes": axes}}
+    kwargs: dict = {"photometric": "minisblack"}
+    if (
+        axes is not None
+        and axes.endswith("C")
+        and data.shape[-1] in (3, 4)
+        and data.dtype == np.uint8
+    ):
+        kwargs["photometric"] = "rgb"
+    if axes is not None and set(axes) <= set("TZCYXS"):
+        kwargs["metadata"] = {"axes": axes}
     try:
         tifffile.imwrite(buf, data, compression="zlib", **kwargs)
     except (ValueError, TypeError) as exc:

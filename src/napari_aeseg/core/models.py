@@ -125,6 +125,15 @@ class Decoder(nn.Module):
         return x
 
 
+def _init_weights(module: nn.Module) -> None:
+    # He initialisation keeps activations from shrinking through the ReLU stack, which
+    # matters without batch normalisation (PyTorch's default init is tuned for neither)
+    if isinstance(module, nn.Conv2d | nn.Conv3d):
+        nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
 class UNet(nn.Module):
     """Encoder -> decoder -> 1x1 head. Spatial sizes must be multiples of ``divisor``."""
 
@@ -136,6 +145,7 @@ class UNet(nn.Module):
         self.head = _conv(arch.spatial_dims)(
             arch.base_channels, out_channels or arch.out_channels, 1
         )
+        self.apply(_init_weights)
 
     @property
     def divisor(self) -> int:

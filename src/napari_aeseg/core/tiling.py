@@ -55,25 +55,31 @@ def _ramp(n: int) -> np.ndarray:
 
 
 def plan_axis(length: int, max_tile: int, overlap: int, divisor: int) -> AxisPlan:
-    """Starts and blending windows of equal tiles along one axis."""
-    if max_tile >= length:
-        return AxisPlan(length, (0,), (np.ones(length, np.float32),))
+    """Starts and blending windows of equal tiles along one axis.
+
+    Tiles start at multiples of ``divisor`` so that every tile sees the same pooling grid
+    as the whole image would (otherwise tiles disagree everywhere, not only at borders).
+    The axis is planned on its length rounded up to ``divisor``; the part of the last tile
+    past the image end is filled by reflection when the tile is read.
+    """
+    padded = math.ceil(length / divisor) * divisor
+    if max_tile >= padded:
+        return AxisPlan(padded, (0,), (np.ones(padded, np.float32),))
     overlap = min(overlap, max_tile // 2)
-    n = math.ceil((length - overlap) / (max_tile - overlap))
-    tile = math.ceil((length - overlap) / n) + overlap
-    tile = min(length, math.ceil(tile / divisor) * divisor)
-    if n > 1:
-        step = (length - tile) / (n - 1)
-        starts = [round(i * step) for i in range(n)]
-    else:
-        starts = [0]
+    n = math.ceil((padded - overlap) / (max_tile - overlap))
+    tile = math.ceil((padded - overlap) / n) + overlap
+    tile = min(padded, math.ceil(tile / divisor) * divisor)
+    n = max(n, math.ceil((padded - tile) / max(divisor, tile - overlap)) + 1)
+    step = (padded - tile) / (n - 1) if n > 1 else 0.0
+    starts = sorted({int(round(i * step / divisor)) * divisor for i in range(n)})
+    starts[-1] = padded - tile
     windows = []
     for i, s in enumerate(starts):
         w = np.ones(tile, np.float32)
         if i > 0:
             ov = starts[i - 1] + tile - s
             w[:ov] *= _ramp(ov)
-        if i < n - 1:
+        if i < len(starts) - 1:
             ov = s + tile - starts[i + 1]
             w[tile - ov :] *= _ramp(ov)[::-1]
         windows.append(w)
@@ -172,9 +178,8 @@ def iter_predict_tiled(
     )
     plans = [plan_axis(n, t, o, divisor) for n, t, o in zip(spatial, tiles, overlaps, strict=True)]
     tile_shape = tuple(p.tile for p in plans)
-    padded = tuple(math.ceil(t / divisor) * divisor for t in tile_shape)
     if tile_batch is None:
-        pixels = int(np.prod(padded))
+        pixels = int(np.prod(tile_shape))
         tile_batch = max(1, (4 * 1024 * 1024) // pixels) if device.type == "cuda" else 1
     if out is None:
         out = np.zeros((out_channels, *spatial), np.float32)
@@ -183,36 +188,43 @@ def iter_predict_tiled(
     grid = list(itertools.product(*[range(len(p.starts)) for p in plans]))
     total = progress_total if progress_total is not None else len(grid)
     done = progress_offset
+
+    def valid_slices(idx):
+        # the part of a tile inside the image, as slices of the image
+        return tuple(
+            slice(p.starts[i], min(p.starts[i] + p.tile, n))
+            for p, i, n in zip(plans, idx, spatial, strict=True)
+        )
+
     for first in range(0, len(grid), tile_batch):
         if cancel is not None and cancel():
             raise Cancelled("cancelled")
         chunk = grid[first : first + tile_batch]
         batch = []
         for idx in chunk:
-            sl = tuple(
-                slice(p.starts[i], p.starts[i] + p.tile) for p, i in zip(plans, idx, strict=True)
-            )
+            sl = valid_slices(idx)
             t = np.array(image[(slice(None), *sl)], dtype=np.float32, copy=True)
             if prepare is not None:
                 t = prepare(t)
-            pad = [(0, 0)] + [(0, P - s) for P, s in zip(padded, tile_shape, strict=True)]
+            pad = [(0, 0)] + [
+                (0, T - (s.stop - s.start)) for T, s in zip(tile_shape, sl, strict=True)
+            ]
             if any(p[1] for p in pad):
-                t = np.pad(t, pad, mode="reflect" if min(tile_shape) > 1 else "edge")
+                small = min(t.shape[1:]) < 2
+                t = np.pad(t, pad, mode="edge" if small else "reflect")
             batch.append(t)
         x = torch.from_numpy(np.stack(batch)).to(device)
         with torch.inference_mode():
-            y = forward(x).float()
-        y = y[(slice(None), slice(None), *[slice(0, s) for s in tile_shape])].cpu().numpy()
+            y = forward(x).float().cpu().numpy()
         for k, idx in enumerate(chunk):
-            sl = tuple(
-                slice(p.starts[i], p.starts[i] + p.tile) for p, i in zip(plans, idx, strict=True)
-            )
-            w = _outer([p.windows[i] for p, i in zip(plans, idx, strict=True)])
-            out[(slice(None), *sl)] += y[k] * w
+            sl = valid_slices(idx)
+            crop = tuple(slice(0, s.stop - s.start) for s in sl)
+            w = _outer([p.windows[i][c] for p, i, c in zip(plans, idx, crop, strict=True)])
+            out[(slice(None), *sl)] += y[k][(slice(None), *crop)] * w
         done += len(chunk)
         yield TileProgress(done, total)
     # divide by the summed weights one leading slice at a time: no full-size temporary
-    sums = [p.weight_sum for p in plans]
+    sums = [p.weight_sum[:n] for p, n in zip(plans, spatial, strict=True)]
     rest = _outer(sums[1:]) if len(sums) > 1 else np.float32(1.0)
     for i, s0 in enumerate(sums[0]):
         out[:, i] /= s0 * rest

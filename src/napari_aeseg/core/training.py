@@ -245,7 +245,7 @@ class DenoiserTrainer:
         """
         self._stop = False
         t = self.config.training
-        interval = t.val_interval or max(1, min(250, t.steps // 20))
+        interval = t.val_interval or max(1, min(250, t.steps // 10))
         self.network.train()
         started = time.perf_counter()
         start_step = self.step

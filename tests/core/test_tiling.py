@@ -1,0 +1,134 @@
+import numpy as np
+import pytest
+import torch
+
+from napari_aeseg.core.config import ArchitectureConfig
+from napari_aeseg.core.errors import InvalidInputError
+from napari_aeseg.core.models import build_network
+from napari_aeseg.core.tiling import Cancelled, iter_predict_tiled, plan_axis, run_generator
+
+
+def _net(dims=2, seed=0):
+    torch.manual_seed(seed)
+    arch = ArchitectureConfig(spatial_dims=dims, depth=2, base_channels=4, batch_norm=False)
+    return build_network(arch).eval()
+
+
+def _untiled(net, img):
+    x = torch.from_numpy(img[None].astype(np.float32))
+    with torch.inference_mode():
+        return net(x)[0].numpy()
+
+
+@pytest.mark.parametrize("length", [37, 64, 200, 513])
+def test_plan_covers_axis_and_weights_sum_positive(length):
+    plan = plan_axis(length, 64, 16, 4)
+    padded = -(-length // 4) * 4
+    assert plan.starts[0] == 0 and plan.starts[-1] + plan.tile == padded
+    assert plan.tile <= 64 or length <= 64
+    assert plan.weight_sum.min() > 0.0
+    # tiles start on the pooling grid and are multiples of it
+    assert plan.tile % 4 == 0 and all(s % 4 == 0 for s in plan.starts)
+
+
+@pytest.mark.parametrize("shape", [(200, 232), (201, 157)])
+def test_tiled_matches_untiled_without_seams(shape):
+    net = _net()
+    img = np.random.default_rng(0).random((1, *shape)).astype(np.float32)
+    padded = [int(np.ceil(s / 4) * 4) for s in shape]
+    ref = _untiled(
+        net, np.pad(img, [(0, 0)] + [(0, p - s) for p, s in zip(padded, shape)], mode="reflect")
+    )
+    ref = ref[(slice(None), *[slice(0, s) for s in shape])]
+    out = run_generator(
+        iter_predict_tiled(
+            net, img, out_channels=1, divisor=4, device=torch.device("cpu"), tile=96, overlap=48
+        )
+    )
+    assert out.shape == (1, *shape) and out.dtype == np.float32
+    inner = (slice(None), slice(8, -8), slice(8, -8))  # away from the image's own border
+    err = np.abs(out - ref)[inner]
+    # a random (untrained) network is more sensitive to missing context than a trained one
+    assert err.max() < 0.04 * np.abs(ref).max()
+    assert err.mean() < 0.002 * np.abs(ref).max()
+
+
+def test_3d_tiling_and_progress():
+    net = _net(dims=3)
+    img = np.random.default_rng(1).random((1, 20, 40, 44)).astype(np.float32)
+    gen = iter_predict_tiled(
+        net,
+        img,
+        out_channels=1,
+        divisor=4,
+        device=torch.device("cpu"),
+        tile=(12, 24, 24),
+        overlap=(4, 8, 8),
+    )
+    steps = []
+    while True:
+        try:
+            steps.append(next(gen))
+        except StopIteration as done:
+            out = done.value
+            break
+    assert out.shape == img.shape
+    assert [s.done for s in steps] == list(range(1, len(steps) + 1))
+    assert steps[-1].total == len(steps) > 1
+
+
+def test_cancel_stops_between_tiles():
+    net = _net()
+    img = np.zeros((1, 128, 128), np.float32)
+    calls = []
+
+    def cancel():
+        calls.append(1)
+        return len(calls) > 2
+
+    with pytest.raises(Cancelled):
+        run_generator(
+            iter_predict_tiled(
+                net,
+                img,
+                out_channels=1,
+                divisor=4,
+                device=torch.device("cpu"),
+                tile=32,
+                overlap=8,
+                cancel=cancel,
+            )
+        )
+
+
+def test_input_is_never_modified():
+    net = _net()
+    img = np.random.default_rng(2).random((1, 64, 64)).astype(np.float32)
+    before = img.copy()
+    run_generator(
+        iter_predict_tiled(
+            net,
+            img,
+            out_channels=1,
+            divisor=4,
+            device=torch.device("cpu"),
+            tile=32,
+            overlap=8,
+            prepare=lambda t: t.__isub__(0.5),
+        )
+    )
+    assert np.array_equal(img, before)
+
+
+def test_bad_tile_size():
+    with pytest.raises(InvalidInputError, match="at least 4"):
+        run_generator(
+            iter_predict_tiled(
+                _net(),
+                np.zeros((1, 32, 32), np.float32),
+                out_channels=1,
+                divisor=4,
+                device=torch.device("cpu"),
+                tile=2,
+            )
+        )

@@ -1,0 +1,232 @@
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_aeseg.cli import main
+from napari_aeseg.core.noise import psnr
+
+TINY = [
+    "--steps",
+    "30",
+    "--patch",
+    "32",
+    "--batch",
+    "4",
+    "--channels",
+    "8",
+    "--lr",
+    "3e-3",
+    "--device",
+    "cpu",
+    "--quiet",
+]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, nuclei_2d):
+    clean, noisy, _ = nuclei_2d
+    d = tmp_path_factory.mktemp("cli")
+    tifffile.imwrite(d / "noisy.tif", noisy)
+    tifffile.imwrite(d / "clean.tif", clean)
+    return d
+
+
+@pytest.fixture(scope="module")
+def model_file(files):
+    out = files / "m.aeseg"
+    assert main(["train-denoiser", str(files / "noisy.tif"), "--out", str(out), *TINY]) == 0
+    return out
+
+
+def _error(capsys, argv):
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    return err
+
+
+def test_train_denoise_info(files, model_file, capsys, nuclei_2d):
+    clean, noisy, _ = nuclei_2d
+    out_dir = files / "out"
+    assert (
+        main(
+            [
+                "denoise",
+                str(model_file),
+                str(files / "noisy.tif"),
+                "--out",
+                str(out_dir),
+                "--quiet",
+                "--tile",
+                "64",
+                "--overlap",
+                "16",
+            ]
+        )
+        == 0
+    )
+    result = tifffile.imread(out_dir / "noisy.tif")
+    assert result.dtype == np.float32 and result.shape == noisy.shape
+    assert psnr(clean, result, 1.0) > psnr(clean, noisy, 1.0)
+    assert main(["info", str(model_file)]) == 0
+    out = capsys.readouterr().out
+    assert "n2v2 denoiser" in out and "30 steps trained" in out
+
+
+def test_resume_training(files, model_file, capsys):
+    out = files / "m2.aeseg"
+    assert (
+        main(
+            [
+                "train-denoiser",
+                str(files / "noisy.tif"),
+                "--out",
+                str(out),
+                "--resume",
+                str(model_file),
+                *TINY[:2],
+                "--steps",
+                "5",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    main(["info", str(out)])
+    assert "35 steps trained" in capsys.readouterr().out
+
+
+def test_dae_with_noise_option(files, capsys):
+    out = files / "dae.aeseg"
+    assert (
+        main(
+            [
+                "train-denoiser",
+                str(files / "clean.tif"),
+                "--out",
+                str(out),
+                "--mode",
+                "dae",
+                "--noise",
+                "gaussian:0.1",
+                "--noise",
+                "poisson:50",
+                *TINY,
+            ]
+        )
+        == 0
+    )
+    main(["info", str(out), "--json"])
+    assert '"kind": "poisson"' in capsys.readouterr().out
+
+
+def test_errors_are_one_line(files, model_file, capsys, tmp_path):
+    noisy = str(files / "noisy.tif")
+    assert "does not exist" in _error(
+        capsys, ["denoise", str(model_file), "nope.tif", "--out", str(tmp_path)]
+    )
+    (tmp_path / "fake.tif").write_text("not a tiff")
+    assert "could not be read" in _error(
+        capsys, ["denoise", str(model_file), str(tmp_path / "fake.tif"), "--out", str(tmp_path)]
+    )
+    (tmp_path / "x.txt").write_text("hello")
+    assert "unsupported file type" in _error(
+        capsys, ["train-denoiser", str(tmp_path / "x.txt"), "--out", str(tmp_path / "m.aeseg")]
+    )
+    assert "axes 'ZYX'" in _error(
+        capsys,
+        ["train-denoiser", noisy, "--out", str(tmp_path / "m.aeseg"), "--axes", "ZYX", *TINY],
+    )
+    rgb = tmp_path / "rgb.tif"
+    tifffile.imwrite(rgb, np.zeros((64, 64, 3), np.uint8), photometric="rgb")
+    assert "RGB" in _error(
+        capsys,
+        ["train-denoiser", str(rgb), "--out", str(tmp_path / "m.aeseg"), "--axes", "YX", *TINY],
+    )
+    small = tmp_path / "small.tif"
+    tifffile.imwrite(small, np.random.rand(20, 20).astype(np.float32))
+    assert "smaller than the patch" in _error(
+        capsys, ["train-denoiser", str(small), "--out", str(tmp_path / "m.aeseg"), *TINY]
+    )
+    const = tmp_path / "const.tif"
+    tifffile.imwrite(const, np.full((64, 64), 5, np.uint16))
+    assert "constant" in _error(
+        capsys, ["train-denoiser", str(const), "--out", str(tmp_path / "m.aeseg"), *TINY]
+    )
+    nan = tmp_path / "nan.tif"
+    arr = np.random.rand(64, 64).astype(np.float32)
+    arr[3, 3] = np.nan
+    tifffile.imwrite(nan, arr)
+    assert "NaN" in _error(
+        capsys, ["train-denoiser", str(nan), "--out", str(tmp_path / "m.aeseg"), *TINY]
+    )
+    bad_model = tmp_path / "bad.aeseg"
+    bad_model.write_bytes(model_file.read_bytes()[:500])
+    assert "corrupt, truncated" in _error(
+        capsys, ["denoise", str(bad_model), noisy, "--out", str(tmp_path)]
+    )
+    stack = tmp_path / "stack.tif"
+    tifffile.imwrite(stack, np.random.rand(4, 32, 32).astype(np.float32), photometric="minisblack")
+    assert "'SYX'" in _error(
+        capsys, ["denoise", str(model_file), str(stack), "--out", str(tmp_path), "--axes", "ZYX"]
+    )
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where a folder should be")
+    assert "not a folder" in _error(
+        capsys, ["denoise", str(model_file), noisy, "--out", str(blocker)]
+    )
+    assert "does not exist" in _error(
+        capsys, ["train-denoiser", noisy, "--out", str(tmp_path / "no" / "m.aeseg"), *TINY]
+    )
+    assert "unknown device" in _error(
+        capsys, ["denoise", str(model_file), noisy, "--out", str(tmp_path), "--device", "tpu"]
+    )
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_unwritable_output(model_file, files, capsys, tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    assert "not writable" in _error(
+        capsys, ["denoise", str(model_file), str(files / "noisy.tif"), "--out", str(ro)]
+    )
+
+
+def test_usage_error_exit_code(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["denoise"])
+    assert info.value.code == 2
+
+
+def test_engine_and_cli_import_no_gui():
+    code = (
+        "import sys, napari_aeseg, napari_aeseg.core.training, napari_aeseg.core.denoiser, "
+        "napari_aeseg.core.tiling, napari_aeseg.core.synthetic, napari_aeseg.core.image_io, "
+        "napari_aeseg.core.samples, napari_aeseg.cli, napari_aeseg.api, napari_aeseg.demo\n"
+        "napari_aeseg.train_denoiser\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('napari', 'qtpy', 'magicgui', 'PyQt5', 'PyQt6', 'PySide2', 'PySide6')]\n"
+        "print(bad)\n"
+        "sys.exit(1 if bad else 0)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_demo_headless(tmp_path, monkeypatch):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    assert (
+        main(["demo", "--out", str(tmp_path), "--steps", "20", "--quiet", "--device", "cpu"]) == 0
+    )
+    assert {p.name for p in tmp_path.iterdir()} >= {
+        "denoised.tif",
+        "denoiser.aeseg",
+        "side_by_side.png",
+        "summary.json",
+    }
