@@ -13,7 +13,14 @@ import numpy as np
 from napari.layers import Image
 from napari.utils.notifications import show_error
 from qtpy.QtCore import Qt, Signal
-from qtpy.QtWidgets import QAbstractItemView, QComboBox, QFileDialog, QListWidget, QWidget
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QComboBox,
+    QFileDialog,
+    QListWidget,
+    QListWidgetItem,
+    QWidget,
+)
 
 from ..core.config import AXES_LETTERS
 from ..core.data import guess_axes
@@ -150,6 +157,13 @@ def shifted_metadata(meta: dict, offset) -> dict:
     return {**meta, "translate": tuple(np.asarray(meta["translate"]) + step)}
 
 
+def short_description(model) -> str:
+    """One line for a narrow dock: mode, axes, channels, steps (the full text is a tooltip)."""
+    c = model.config
+    channels = f" · {c.n_channels} channels" if c.n_channels > 1 else ""
+    return f"{c.mode} · axes {c.axes}{channels} · {model.trained_steps} steps"
+
+
 def image_layers(viewer) -> list[Image]:
     return [ly for ly in viewer.layers if isinstance(ly, Image)]
 
@@ -217,15 +231,15 @@ class ImageLayerCombo(_FollowsLayers, QComboBox):
 
 
 class ImageLayerList(_FollowsLayers, QListWidget):
-    """The viewer's image layers, several selectable (the training images)."""
+    """The viewer's image layers with check boxes: several can be ticked (training images)."""
 
     layers_changed = Signal()
 
     def __init__(self, viewer, parent: QWidget | None = None):
         super().__init__(parent)
-        self.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
-        self.setToolTip("Images to train on (Ctrl/Shift-click to select several)")
-        self.itemSelectionChanged.connect(self.layers_changed.emit)
+        self.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
+        self.setToolTip("Tick the image layers to train on (several are used together)")
+        self.itemChanged.connect(lambda *_: self.layers_changed.emit())
         self._follow(viewer)
 
     def sizeHint(self):
@@ -239,27 +253,40 @@ class ImageLayerList(_FollowsLayers, QListWidget):
         names = [ly.name for ly in layers]
         if names == [self.item(i).text() for i in range(self.count())]:
             return
-        selected = {it.text() for it in self.selectedItems()}
+        checked = {ly.name for ly in self.layers()} & set(names)
+        if not checked and names:
+            active = self._viewer.layers.selection.active
+            checked = {active.name if isinstance(active, Image) else names[0]}
         self.blockSignals(True)
         self.clear()
-        self.addItems(names)
-        if not selected & set(names):
-            active = self._viewer.layers.selection.active
-            pick = active.name if isinstance(active, Image) else (names[0] if names else None)
-            selected = {pick}
-        for i in range(self.count()):
-            self.item(i).setSelected(self.item(i).text() in selected)
+        for name in names:
+            item = QListWidgetItem(name, self)
+            item.setFlags(Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsUserCheckable)
+            item.setCheckState(
+                Qt.CheckState.Checked if name in checked else Qt.CheckState.Unchecked
+            )
         self.blockSignals(False)
         self.layers_changed.emit()
 
     def layers(self) -> list[Image]:
-        chosen = {it.text() for it in self.selectedItems()}
+        chosen = {
+            self.item(i).text()
+            for i in range(self.count())
+            if self.item(i).checkState() == Qt.CheckState.Checked
+        }
         return [ly for ly in image_layers(self._viewer) if ly.name in chosen]
 
     def select(self, names) -> None:
+        """Tick exactly ``names`` (one name or several)."""
         names = {names} if isinstance(names, str) else set(names)
+        self.blockSignals(True)
         for i in range(self.count()):
-            self.item(i).setSelected(self.item(i).text() in names)
+            item = self.item(i)
+            item.setCheckState(
+                Qt.CheckState.Checked if item.text() in names else Qt.CheckState.Unchecked
+            )
+        self.blockSignals(False)
+        self.layers_changed.emit()
 
 
 # --------------------------------------------------------------------------- devices

@@ -37,6 +37,7 @@ from ._common import (
     guess_layer_axes,
     layer_data,
     report_failure,
+    short_description,
     spatial_metadata,
     start_job,
 )
@@ -185,8 +186,9 @@ class DenoiseWidget(QWidget):
     def _on_model_changed(self, *_) -> None:
         model = self.model()
         self.model_info.setText(
-            model.describe() if model else "No model yet: train one or load a file."
+            short_description(model) if model else "No model yet: train one or load a file."
         )
+        self.model_info.setToolTip(model.describe() if model else "")
         self._update_axes()
         self._update_buttons()
 

@@ -36,6 +36,17 @@ def _running_mean(values: np.ndarray, window: int) -> np.ndarray:
     return (csum[idx] - csum[start]) / (idx - start)
 
 
+def _log_ticks(y0: float, y1: float, mantissas) -> list[float]:
+    """Values ``m * 10**e`` between ``10**y0`` and ``10**y1``, ascending."""
+    ticks = []
+    for e in range(math.floor(y0), math.ceil(y1) + 1):
+        for m in mantissas:
+            t = m * 10.0**e
+            if y0 <= math.log10(t) <= y1:
+                ticks.append(t)
+    return ticks
+
+
 class LossPlot(QWidget):
     """Training loss (raw, faint, and smoothed) and validation loss against the step.
 
@@ -49,6 +60,7 @@ class LossPlot(QWidget):
         self._val_steps: list[int] = []
         self._val: list[float] = []
         self._dirty = False
+        self._planned_steps = 0
         self.repaints = 0
         self.setMinimumHeight(150)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
@@ -66,6 +78,12 @@ class LossPlot(QWidget):
             self._val_steps.append(step)
             self._val.append(val_loss)
         self._dirty = True
+
+    def set_planned_steps(self, steps: int) -> None:
+        """Extend the step axis to the end of the run, so the curve fills it as it trains."""
+        if int(steps) != self._planned_steps:
+            self._planned_steps = int(steps)
+            self._dirty = True
 
     def set_history(self, history) -> None:
         """Show a model's ``(step, train_loss, val_loss or NaN)`` rows."""
@@ -100,7 +118,7 @@ class LossPlot(QWidget):
         p.setRenderHint(QPainter.RenderHint.Antialiasing)
         fg = self.palette().color(self.foregroundRole())
         fm = self.fontMetrics()
-        left, right = fm.horizontalAdvance("0.0001") + 10, 10
+        left, right = fm.horizontalAdvance("0.0001") + 10, fm.horizontalAdvance("00000") // 2 + 4
         top, bottom = fm.height() + 8, fm.height() + 10
         plot = QRectF(left, top, self.width() - left - right, self.height() - top - bottom)
         if plot.width() < 20 or plot.height() < 20:
@@ -119,7 +137,7 @@ class LossPlot(QWidget):
         smooth = _running_mean(train, max(1, len(train) // 40))
         val_steps = np.asarray(self._val_steps, float)
         val = np.asarray(self._val, float)
-        x0, x1 = 0.0, max(float(steps[-1]), 1.0)
+        x0, x1 = 0.0, max(float(steps[-1]), float(self._planned_steps), 1.0)
         shown = np.concatenate([train[len(train) // 20 :], val]) if len(train) > 20 else train
         positive = shown[shown > 0]
         if positive.size == 0:
@@ -181,20 +199,17 @@ class LossPlot(QWidget):
                 label,
             )
             x += step
-        # y: decades when the range spans them, otherwise nice linear values on the log axis
-        lo, hi = 10**y0, 10**y1
-        if y1 - y0 >= 1.2:
-            ticks = [10.0**e for e in range(math.ceil(y0), math.floor(y1) + 1)]
-        else:
-            s = _nice_step(hi - lo, max(2, int(plot.height() // 35)))
-            t = math.ceil(lo / s) * s
-            ticks = []
-            while t <= hi:
-                if t > 0:
-                    ticks.append(t)
-                t += s
+        # y: 1-2-5 values per decade (all nine when the range is narrow), never crowded
+        min_gap = 1.4 * fm.height()
+        ticks = _log_ticks(y0, y1, (1, 2, 5))
+        if len(ticks) < 3:
+            ticks = _log_ticks(y0, y1, range(1, 10))
+        last_py = math.inf
         for t in ticks:
             py = plot.bottom() - (math.log10(t) - y0) / (y1 - y0) * plot.height()
+            if last_py - py < min_gap:
+                continue
+            last_py = py
             p.setPen(QPen(faint, 1))
             p.drawLine(QPointF(plot.left(), py), QPointF(plot.right(), py))
             p.setPen(fg)

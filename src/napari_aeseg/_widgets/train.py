@@ -665,6 +665,7 @@ class TrainDenoiserWidget(QWidget):
         job.stop_requested.clear()
         job.idle.clear()
         self.progress.setMaximum(max(1, total))
+        self.loss_plot.set_planned_steps(total)
         self._latest = None
         self.status.setText("Preparing the training data...")
         self._update_buttons()
@@ -700,6 +701,7 @@ class TrainDenoiserWidget(QWidget):
             return
         self.progress.setMaximum(max(1, p.total_steps))
         self.progress.setValue(p.step)
+        self.loss_plot.set_planned_steps(p.total_steps)
         val = f" · best val {p.best_val_loss:.4g}" if p.best_val_loss is not None else ""
         self.status.setText(
             f"{p.steps_per_second:.1f} steps/s · ETA {format_seconds(p.eta_seconds)} · "
