@@ -214,9 +214,12 @@ def show_result_layer(viewer, name: str, image: np.ndarray, metadata: dict, disp
         and existing.rgb == display["rgb"]
         and existing.ndim == (image.ndim - int(display["rgb"]))
     ):
+        # each property set re-slices the layer: set only what changed
+        if not np.allclose(existing.scale, metadata["scale"]):
+            existing.scale = metadata["scale"]
+        if not np.allclose(existing.translate, metadata["translate"]):
+            existing.translate = metadata["translate"]
         existing.data = image
-        existing.translate = metadata["translate"]
-        existing.scale = metadata["scale"]
         return existing
     kwargs = {k: v for k, v in metadata.items() if k not in ("units", "axis_labels")}
     extra = {k: metadata[k] for k in ("units", "axis_labels") if k in metadata}
@@ -686,6 +689,22 @@ class TrainDenoiserWidget(QWidget):
             self._show_preview(item)
         elif isinstance(item, Ready):
             self.status.setText(f"Training on {item.device}...")
+            self._create_preview_layer()
+
+    def _create_preview_layer(self) -> None:
+        """Add the preview layer now, showing the input crop itself (so nothing changes on
+        screen): adding a layer stalls the main thread far longer than updating one, and
+        this way that happens when the user presses Start, not in the middle of training."""
+        region = self._preview_region
+        if region is None or f"{region.layer_name} preview" in self.viewer.layers:
+            return
+        show_result_layer(
+            self.viewer,
+            f"{region.layer_name} preview",
+            region.image.astype(np.float32),
+            region.metadata,
+            region.display,
+        )
 
     def _show_preview(self, item: Preview) -> None:
         region = self._preview_region
