@@ -13,6 +13,8 @@ Run under a display (``xvfb-run -a python benchmarks/gui_responsiveness.py``); w
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -120,6 +122,30 @@ def measure(viewer, train, seconds: float, preview_every: int) -> dict:
     }
 
 
+def run_child(name: str, threads: str, seconds: float, preview_every: int, hidden: bool) -> dict:
+    """One configuration in this (fresh) process: a shown viewer, the widget, one run."""
+    import napari
+    import torch
+
+    from napari_aeseg.core import devices
+
+    if threads != "engine":
+        devices._configure_cpu_threads = lambda: None
+        torch.set_num_threads(int(threads))
+    cfg = CONFIGS[name]
+    viewer = napari.Viewer(title="gui responsiveness", show=not hidden)
+    viewer.window.resize(1400, 900)
+    viewer.add_image(load_image(cfg["image"]), name=name)
+    _, train = viewer.window.add_plugin_dock_widget("napari-aeseg", "Train denoiser")
+    train.layer_list.select(name)
+    train.set_options(**cfg["options"], device="cpu")
+    result = measure(viewer, train, seconds, preview_every)
+    row = {"config": name, "image": cfg["image"], **cfg["options"]}
+    row.update(torch_threads=torch.get_num_threads(), **result)
+    viewer.close()
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=20.0)
@@ -133,41 +159,35 @@ def main() -> None:
     parser.add_argument("--preview-every", type=int, default=25)
     parser.add_argument("--out", default=None)
     parser.add_argument("--hidden", action="store_true", help="do not show the window")
+    parser.add_argument("--child", nargs=2, metavar=("CONFIG", "THREADS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
 
-    import napari
-    import torch
+    if args.child:
+        row = run_child(*args.child, args.seconds, args.preview_every, args.hidden)
+        print("RESULT " + json.dumps(row), flush=True)
+        return
 
-    from napari_aeseg.core import devices
-
-    engine_configure = devices._configure_cpu_threads
-    viewer = napari.Viewer(title="gui responsiveness", show=not args.hidden)
-    viewer.window.resize(1400, 900)
-    _, train = viewer.window.add_plugin_dock_widget("napari-aeseg", "Train denoiser")
     rows = []
     for name in args.configs:
-        cfg = CONFIGS[name]
-        viewer.layers.clear()
-        viewer.add_image(load_image(cfg["image"]), name=name)
-        train.layer_list.select(name)
-        train.set_options(**cfg["options"], device="cpu")
         for threads in args.threads:
-            if threads == "engine":
-                devices._threads_configured = False
-                devices._configure_cpu_threads = engine_configure
-            else:
-                devices._configure_cpu_threads = lambda: None
-                torch.set_num_threads(int(threads))
-            result = measure(viewer, train, args.seconds, args.preview_every)
-            row = {"config": name, "image": cfg["image"], **cfg["options"]}
-            row.update(torch_threads=torch.get_num_threads(), **result)
+            # a fresh process per run: thread pools and GL state do not carry over
+            cmd = [sys.executable, __file__, "--child", name, threads]
+            cmd += ["--seconds", str(args.seconds), "--preview-every", str(args.preview_every)]
+            cmd += ["--hidden"] * args.hidden
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+            if proc.returncode != 0 or not lines:
+                tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+                print(f"{name} threads={threads}: failed (exit {proc.returncode}): {tail}")
+                rows.append({"config": name, "threads": threads, "failed": proc.returncode})
+                continue
+            row = json.loads(lines[-1][len("RESULT ") :])
             rows.append(row)
             print(
                 f"{name:8s} threads={row['torch_threads']}: {row['steps_per_second']:6.1f} steps/s, "
                 f"max gap {row['gap_max_ms']:.0f} ms, p99 {row['gap_p99_ms']:.0f} ms",
                 flush=True,
             )
-    viewer.close()
 
     header = (
         f"{'config':8s} {'threads':>7s} {'steps/s':>8s} {'ticks':>6s} {'p50 ms':>7s} "
@@ -175,6 +195,9 @@ def main() -> None:
     )
     print("\n" + header + "\n" + "-" * len(header))
     for r in rows:
+        if "failed" in r:
+            print(f"{r['config']:8s} {r['threads']:>7s} failed (exit {r['failed']})")
+            continue
         print(
             f"{r['config']:8s} {r['torch_threads']:7d} {r['steps_per_second']:8.1f} {r['ticks']:6d} "
             f"{r['gap_p50_ms']:7.1f} {r['gap_p99_ms']:7.1f} {r['gap_max_ms']:7.1f} "
@@ -186,6 +209,9 @@ def main() -> None:
             "benchmark": "gui_responsiveness",
             "target_max_gap_ms": 200,
             "timer_interval_ms": 10,
+            "seconds_per_run": args.seconds,
+            "preview_every": args.preview_every,
+            "window_shown": not args.hidden,
             "machine": machine_info("cpu"),
             "results": rows,
         },
