@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dask.array as da
 import numpy as np
+from napari.utils.colormaps import Colormap
 
 from napari_aeseg._widgets.denoise import output_name
 from napari_aeseg.core.noise import add_noise
@@ -17,8 +18,9 @@ SMALL = {"steps": 8, "preview_every": 4, "patch_size": 16, "batch_size": 2}
 def test_3d_stack_keeps_scale_and_translate(viewer_with_widgets):
     clean = synthetic_nuclei((16, 48, 48), seed=2).clean
     noisy = add_noise(clean, gaussian=0.2, seed=3, value_range=(0.0, 1.0))
+    custom = Colormap(["black", "magenta"], name="custom magenta")
     viewer, train, denoise = viewer_with_widgets(
-        noisy, name="stack", scale=(3.0, 0.5, 0.5), translate=(10.0, 5.0, -2.0)
+        noisy, name="stack", scale=(3.0, 0.5, 0.5), translate=(10.0, 5.0, -2.0), colormap=custom
     )
     assert train.axes_edit.text() == "ZYX" and train.patch_size_z.isEnabled()
     train.set_options(**SMALL, patch_size_z=8)
@@ -34,6 +36,7 @@ def test_3d_stack_keeps_scale_and_translate(viewer_with_widgets):
     assert out.data.shape == noisy.shape
     np.testing.assert_allclose(out.scale, (3.0, 0.5, 0.5))
     np.testing.assert_allclose(out.translate, (10.0, 5.0, -2.0))
+    assert out.colormap.name == preview.colormap.name == viewer.layers["stack"].colormap.name
 
 
 def test_dask_time_series(viewer_with_widgets):

@@ -227,3 +227,24 @@ def _pixels_of(widget, color) -> int:
     rgb = bgra[..., [2, 1, 0]].astype(int)
     target = np.array([color.red(), color.green(), color.blue()])
     return int((np.abs(rgb - target).sum(axis=-1) < 40).sum())
+
+
+def test_an_unexpected_error_is_one_line_and_the_widget_recovers(
+    viewer_with_widgets, monkeypatch, errors
+):
+    viewer, train, denoise = viewer_with_widgets()
+    train.set_options(steps=5, preview=False)
+    train.start(sync=True)
+    before = layer_state(viewer)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("graphics card on fire\nlong traceback text")
+
+    monkeypatch.setattr("napari_aeseg._widgets.denoise.show_result_layer", broken)
+    denoise.run(sync=True)
+    assert errors == [
+        "Showing the result failed unexpectedly (RuntimeError: graphics card on fire); "
+        "the layers are unchanged."
+    ]
+    assert layer_state(viewer) == before
+    assert denoise.run_button.isEnabled() and not denoise.running

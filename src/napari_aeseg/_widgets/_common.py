@@ -68,6 +68,8 @@ def start_job(
     aborting the worker when its window closes (then ``gen`` is simply not resumed).
     Returns the worker, or ``None`` when run synchronously.
     """
+    on_yield = _reporting(on_yield)
+    on_return = _reporting(on_return)
     if sync:
         while True:
             try:
@@ -92,6 +94,18 @@ def start_job(
         worker.finished.connect(on_exit, Qt.ConnectionType.DirectConnection)
     worker.start()
     return worker
+
+
+def _reporting(handler: Callable[[Any], None]) -> Callable[[Any], None]:
+    """A main-thread handler whose unexpected errors become a notification, not a crash."""
+
+    def guarded(value: Any) -> None:
+        try:
+            handler(value)
+        except Exception as exc:  # noqa: BLE001 - reported to the user and logged
+            report_failure(exc, "Showing the result")
+
+    return guarded
 
 
 def format_seconds(seconds: float) -> str:

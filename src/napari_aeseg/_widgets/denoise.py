@@ -250,7 +250,7 @@ class DenoiseWidget(QWidget):
             spatial_metadata(layer),
             {
                 "rgb": layer.rgb,
-                "colormap": None if layer.rgb else layer.colormap.name,
+                "colormap": None if layer.rgb else layer.colormap,
                 "contrast_limits": tuple(layer.contrast_limits),
                 "dtype": np.dtype(layer.dtype),
             },
@@ -278,18 +278,21 @@ class DenoiseWidget(QWidget):
     def _on_return(self, result) -> None:
         self._running = False
         self._worker = None
-        if isinstance(result, Denoised):
-            name, metadata, display = self._target
-            layer = show_result_layer(self.viewer, name, result.image, metadata, display)
-            self.status.setText(f"Done: layer '{layer.name}'.")
-        elif isinstance(result, Failure) and isinstance(result.error, Cancelled):
-            self.progress.setValue(0)
-            self.status.setText("Cancelled; no layer was changed.")
-            show_info("Denoising cancelled.")
-        elif isinstance(result, Failure):
-            report_failure(result.error, "Denoising")
-            self.status.setText("Failed; no layer was changed.")
-        self._update_buttons()
+        try:
+            if isinstance(result, Denoised):
+                name, metadata, display = self._target
+                self.status.setText("Adding the result...")
+                layer = show_result_layer(self.viewer, name, result.image, metadata, display)
+                self.status.setText(f"Done: layer '{layer.name}'.")
+            elif isinstance(result, Failure) and isinstance(result.error, Cancelled):
+                self.progress.setValue(0)
+                self.status.setText("Cancelled; no layer was changed.")
+                show_info("Denoising cancelled.")
+            elif isinstance(result, Failure):
+                self.status.setText("Failed; no layer was changed.")
+                report_failure(result.error, "Denoising")
+        finally:
+            self._update_buttons()
 
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt name)
         self._cancel.set()

@@ -105,7 +105,6 @@ class TrainingJob:
         self.stop_requested = threading.Event()
         self.idle = threading.Event()
         self.idle.set()
-        self.started_with_trainer = False
 
     def stop(self) -> None:
         self.stop_requested.set()
@@ -189,7 +188,7 @@ def preview_region(layer: Image, data, axes: str, viewer) -> PreviewRegion:
     meta = shifted_metadata(spatial_metadata(layer), offset[: layer.ndim])
     display = {
         "rgb": layer.rgb,
-        "colormap": layer.colormap.name if not layer.rgb else None,
+        "colormap": None if layer.rgb else layer.colormap,
         "contrast_limits": tuple(layer.contrast_limits),
         "dtype": np.dtype(layer.dtype) if hasattr(layer, "dtype") else crop.dtype,
     }
@@ -228,7 +227,7 @@ def show_result_layer(viewer, name: str, image: np.ndarray, metadata: dict, disp
         name=name,
         rgb=display["rgb"],
         contrast_limits=display["contrast_limits"],
-        **({"colormap": display["colormap"]} if display["colormap"] else {}),
+        **({"colormap": display["colormap"]} if display["colormap"] is not None else {}),
         **kwargs,
     )
     for key, value in extra.items():
@@ -728,15 +727,17 @@ class TrainDenoiserWidget(QWidget):
         )
 
     def _on_return(self, result) -> None:
+        self._flush_progress()
         self._running = False
         self._worker = None
-        self._flush_progress()
-        if isinstance(result, Trained):
-            self._register(result.model)
-        elif isinstance(result, Failure):
-            report_failure(result.error, "Training")
-            self.status.setText(f"Training stopped: {str(result.error).splitlines()[0]}")
-        self._update_buttons()
+        try:
+            if isinstance(result, Trained):
+                self._register(result.model)
+            elif isinstance(result, Failure):
+                self.status.setText(f"Training stopped: {str(result.error).splitlines()[0]}")
+                report_failure(result.error, "Training")
+        finally:
+            self._update_buttons()
 
     def _register(self, model: DenoiserModel) -> None:
         job = self._holder.job
