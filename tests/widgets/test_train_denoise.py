@@ -248,3 +248,14 @@ def test_an_unexpected_error_is_one_line_and_the_widget_recovers(
     ]
     assert layer_state(viewer) == before
     assert denoise.run_button.isEnabled() and not denoise.running
+
+
+def test_closing_the_dock_widget_stops_training(qtbot, viewer_with_widgets):
+    viewer, train, _ = viewer_with_widgets()
+    train.set_options(steps=100_000, preview=False)
+    train.start_button.click()
+    qtbot.waitUntil(lambda: len(train.loss_plot.train_points) >= 2, timeout=60_000)
+    holder = train._holder
+    viewer.window.remove_dock_widget(train)  # what the dock's close button does
+    assert holder.job.idle.is_set(), "the worker ended before the widget went away"
+    assert holder.job.trainer.step < 100_000

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from napari.layers import Image
 from napari.utils.notifications import show_error
-from qtpy.QtCore import Qt, Signal
+from qtpy.QtCore import QEvent, Qt, Signal
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QComboBox,
@@ -115,6 +115,26 @@ def format_seconds(seconds: float) -> str:
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+class StopsWhenUndocked:
+    """Mixin for dock widgets: ``_on_undocked`` runs when napari removes the widget.
+
+    napari's dock close button takes the widget out of its dock (the parent becomes None)
+    without deleting it, so a running job has to be stopped here, not only on destruction.
+    """
+
+    _docked = False
+
+    def event(self, ev):  # noqa: D401 (Qt override)
+        if ev.type() == QEvent.Type.ParentChange:
+            if self.parent() is None and self._docked:
+                self._on_undocked()
+            self._docked = self.parent() is not None
+        return super().event(ev)
+
+    def _on_undocked(self) -> None:
+        raise NotImplementedError
 
 
 # --------------------------------------------------------------------------- layers

@@ -33,6 +33,7 @@ from ._common import (
     DeviceCombo,
     Failure,
     ImageLayerCombo,
+    StopsWhenUndocked,
     ask_open_model_path,
     guess_layer_axes,
     layer_data,
@@ -80,7 +81,7 @@ def output_name(layer_name: str, model_name: str) -> str:
     return f"{layer_name} denoised ({model_name})"
 
 
-class DenoiseWidget(QWidget):
+class DenoiseWidget(StopsWhenUndocked, QWidget):
     """Denoise an image layer with a model of this session (or one from a file)."""
 
     def __init__(self, napari_viewer):
@@ -293,6 +294,9 @@ class DenoiseWidget(QWidget):
                 report_failure(result.error, "Denoising")
         finally:
             self._update_buttons()
+
+    def _on_undocked(self) -> None:
+        self._cancel.set()
 
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt name)
         self._cancel.set()

@@ -40,6 +40,7 @@ from ._common import (
     DeviceCombo,
     Failure,
     ImageLayerList,
+    StopsWhenUndocked,
     ask_open_model_path,
     ask_save_model_path,
     format_seconds,
@@ -251,7 +252,7 @@ class _JobHolder:
             job.idle.wait(wait_s)
 
 
-class TrainDenoiserWidget(QWidget):
+class TrainDenoiserWidget(StopsWhenUndocked, QWidget):
     """Train a denoiser on image layers, watch the loss and a preview, save the model."""
 
     def __init__(self, napari_viewer):
@@ -793,6 +794,9 @@ class TrainDenoiserWidget(QWidget):
         )
         self.model_info.setText(model.describe())
         self._update_buttons()
+
+    def _on_undocked(self) -> None:
+        self._holder.shutdown()
 
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt name)
         self._holder.shutdown()
