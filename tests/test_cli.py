@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -230,3 +231,111 @@ def test_demo_headless(tmp_path, monkeypatch):
         "side_by_side.png",
         "summary.json",
     }
+
+
+def test_segmentation_commands(files, model_file, capsys, nuclei_2d, tmp_path):
+    from napari_aeseg.demo import simulated_scribbles
+
+    _, noisy, truth = nuclei_2d
+    tifffile.imwrite(tmp_path / "scribbles.tif", simulated_scribbles(truth, fraction=0.03))
+    tifffile.imwrite(tmp_path / "truth.tif", truth)
+    seg = tmp_path / "seg.aeseg"
+    assert (
+        main(
+            [
+                "train-segmenter",
+                str(files / "noisy.tif"),
+                "--labels",
+                str(tmp_path / "scribbles.tif"),
+                "--out",
+                str(seg),
+                "--encoder",
+                str(model_file),
+                "--steps",
+                "40",
+                "--patch",
+                "32",
+                "--batch",
+                "4",
+                "--lr",
+                "3e-3",
+                "--device",
+                "cpu",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    out = tmp_path / "out"
+    assert (
+        main(
+            [
+                "segment",
+                str(seg),
+                str(files / "noisy.tif"),
+                "--out",
+                str(out),
+                "--quiet",
+                "--denoise-with",
+                str(model_file),
+                "--truth",
+                str(tmp_path / "truth.tif"),
+            ]
+        )
+        == 0
+    )
+    assert "AP@0.5" in capsys.readouterr().out
+    labels = tifffile.imread(out / "noisy_labels.tif")
+    assert labels.shape == noisy.shape and labels.dtype == np.uint16
+    assert tifffile.imread(out / "noisy_prob.tif").shape == (2, *noisy.shape)
+    assert (
+        main(
+            [
+                "evaluate",
+                str(out / "noisy_labels.tif"),
+                "--truth",
+                str(tmp_path / "truth.tif"),
+                "--json",
+            ]
+        )
+        == 0
+    )
+    import json
+
+    report = json.loads(capsys.readouterr().out)
+    assert 0.0 <= report["mean"]["ap"] <= 1.0 and report["images"][0]["n_true"] == int(truth.max())
+    assert (
+        main(["evaluate", str(tmp_path / "truth.tif"), "--truth", str(tmp_path / "truth.tif")]) == 0
+    )
+    assert "AP@0.5 1.000" in capsys.readouterr().out
+    # kinds are checked both ways, and label problems are one line
+    assert "segmenter is needed" in _error(
+        capsys, ["segment", str(model_file), str(files / "noisy.tif"), "--out", str(out)]
+    )
+    assert "denoiser is needed" in _error(
+        capsys, ["denoise", str(seg), str(files / "noisy.tif"), "--out", str(out)]
+    )
+    tifffile.imwrite(tmp_path / "empty.tif", np.zeros(noisy.shape, np.uint8))
+    assert "no pixel is annotated" in _error(
+        capsys,
+        [
+            "train-segmenter",
+            str(files / "noisy.tif"),
+            "--labels",
+            str(tmp_path / "empty.tif"),
+            "--out",
+            str(tmp_path / "x.aeseg"),
+        ],
+    )
+    tifffile.imwrite(tmp_path / "small.tif", np.ones((8, 8), np.uint8))
+    assert "shape" in _error(
+        capsys,
+        [
+            "train-segmenter",
+            str(files / "noisy.tif"),
+            "--labels",
+            str(tmp_path / "small.tif"),
+            "--out",
+            str(tmp_path / "x.aeseg"),
+        ],
+    )

@@ -16,6 +16,10 @@ def load_model(path: str | os.PathLike):
     raw = read_model_file(path)
     if raw.kind == "denoiser":
         return DenoiserModel.from_model_file(raw, path)
+    if raw.kind == "segmenter":
+        from .core.segmenter import SegmenterModel
+
+        return SegmenterModel.from_model_file(raw, path)
     raise ModelFileError(f"'{path}' holds a model of unknown kind '{raw.kind}'")
 
 

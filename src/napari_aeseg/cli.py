@@ -12,8 +12,10 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from . import __version__
-from .core.errors import AesegError
+from .core.errors import AesegError, InvalidInputError
 
 EXIT_USAGE = 2
 
@@ -78,6 +80,66 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--overlap", type=_tile_value, default="auto", help="'auto' or pixels")
     _device_seed(d, seed=False)
 
+    s = sub.add_parser("train-segmenter", help="train a segmenter from a few labels")
+    s.add_argument("images", nargs="+", metavar="IMAGE")
+    s.add_argument(
+        "--labels",
+        nargs="+",
+        required=True,
+        metavar="LABELS",
+        help="one label image per image: scribbles (0 = none, 1 = background, "
+        "2 = foreground / class k+1) or instance masks",
+    )
+    s.add_argument("--out", required=True, metavar="MODEL")
+    s.add_argument(
+        "--encoder",
+        default="none",
+        metavar="DENOISER_MODEL",
+        help="denoiser whose encoder initialises the network, or 'none'",
+    )
+    s.add_argument("--labels-kind", choices=["scribbles", "instances"], default="scribbles")
+    s.add_argument(
+        "--target",
+        choices=["instances", "semantic"],
+        default="instances",
+        help="instances (nuclei, cells) or semantic classes",
+    )
+    s.add_argument(
+        "--joint",
+        action="store_true",
+        help="also train a blind-spot denoising output (DenoiSeg-style)",
+    )
+    s.add_argument("--axes")
+    s.add_argument("--steps", type=int, default=400)
+    s.add_argument("--patch", type=int, default=64)
+    s.add_argument("--batch", type=int, default=8)
+    s.add_argument("--lr", type=float, default=1e-3)
+    s.add_argument("--channels", type=int, default=32, help="base channels (no encoder only)")
+    s.add_argument("--depth", type=int, default=2, help="depth (no encoder only)")
+    _device_seed(s, seed=True)
+
+    g = sub.add_parser("segment", help="segment images with a trained segmenter")
+    g.add_argument("model", metavar="MODEL")
+    g.add_argument("images", nargs="+", metavar="IMAGE")
+    g.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="writes <stem>_labels.tif, <stem>_prob.tif and <stem>_uncertainty.tif",
+    )
+    g.add_argument("--denoise-with", metavar="DENOISER_MODEL", help="denoise first with this model")
+    g.add_argument("--axes")
+    g.add_argument("--tile", type=_tile_value, default="auto")
+    g.add_argument("--overlap", type=_tile_value, default="auto")
+    g.add_argument("--truth", nargs="+", metavar="GT", help="ground-truth labels: print metrics")
+    _device_seed(g, seed=False)
+
+    e = sub.add_parser("evaluate", help="AP@0.5, F1 and IoU of predictions against ground truth")
+    e.add_argument("pred", nargs="+", metavar="PRED")
+    e.add_argument("--truth", nargs="+", required=True, metavar="GT")
+    e.add_argument("--threshold", type=float, default=0.5, help="IoU threshold of a match")
+    e.add_argument("--json", action="store_true", help="print JSON")
+
     i = sub.add_parser("info", help="describe a model file")
     i.add_argument("model", metavar="MODEL")
     i.add_argument("--json", action="store_true", help="print the full config as JSON")
@@ -86,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="train and denoise on the bundled sample; open napari if possible"
     )
     m.add_argument("--out", default="aeseg-demo", metavar="DIR")
-    m.add_argument("--steps", type=int, default=400)
+    m.add_argument("--steps", type=int, default=400, help="denoiser training steps")
+    m.add_argument("--seg-steps", type=int, default=200, help="segmenter training steps")
     m.add_argument("--no-viewer", action="store_true", help="never open napari")
     _device_seed(m, seed=True)
     return p
@@ -212,6 +275,153 @@ def _denoise(args) -> int:
     return 0
 
 
+def _run_with_bar(gen, desc: str, quiet: bool, unit: str = "tile"):
+    """Exhaust a progress generator with a terminal bar; return its value."""
+    bar = None
+    try:
+        while True:
+            try:
+                p = next(gen)
+            except StopIteration as done:
+                return done.value
+            total = getattr(p, "total", None) or getattr(p, "total_steps", None)
+            done_n = getattr(p, "done", None) or getattr(p, "step", 0)
+            if bar is None:
+                bar = _progress_bar(total, desc, quiet, unit=unit)
+            bar.update(done_n - bar.n)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _train_segmenter(args) -> int:
+    from .core.denoiser import DenoiserModel
+    from .core.image_io import read_image
+    from .core.segmenter import SegmenterTrainer, make_segmenter_config
+
+    if len(args.labels) != len(args.images):
+        raise InvalidInputError(
+            f"{len(args.images)} image(s) but {len(args.labels)} label file(s); give one per image"
+        )
+    files = [read_image(p) for p in args.images]
+    labels = [read_image(p).data for p in args.labels]
+    encoder = None if args.encoder.lower() == "none" else DenoiserModel.load(args.encoder)
+    axes = args.axes or files[0].axes
+    n_classes = None
+    if args.labels_kind == "scribbles":
+        n_classes = max(2, max(int(lab.max()) for lab in labels))
+    config = make_segmenter_config(
+        files[0].data.shape,
+        encoder=encoder,
+        axes=axes,
+        labels_kind=args.labels_kind,
+        target=args.target,
+        n_classes=n_classes,
+        depth=args.depth,
+        base_channels=args.channels,
+        steps=args.steps,
+        patch_size=args.patch,
+        batch_size=args.batch,
+        learning_rate=args.lr,
+        joint_denoising=args.joint,
+        seed=args.seed,
+    )
+    _check_output_file(args.out)
+    trainer = SegmenterTrainer(
+        [f.data for f in files],
+        labels,
+        config,
+        encoder=encoder,
+        device=args.device,
+        name=Path(args.out).stem,
+    )
+    model = _run_with_bar(trainer.run(), "train", args.quiet, unit="step")
+    path = model.save(args.out)
+    if not args.quiet:
+        print(f"saved {path}", file=sys.stderr)
+    return 0
+
+
+def _segment(args) -> int:
+    from .core.denoiser import DenoiserModel
+    from .core.image_io import ensure_output_dir, read_image, write_tiff
+    from .core.metrics import score_instances
+    from .core.segmenter import SegmenterModel
+
+    model = SegmenterModel.load(args.model)
+    denoiser = DenoiserModel.load(args.denoise_with) if args.denoise_with else None
+    out_dir = ensure_output_dir(args.out)
+    files = [read_image(p) for p in args.images]
+    truths = [read_image(p).data for p in args.truth] if args.truth else None
+    if truths is not None and len(truths) != len(files):
+        raise InvalidInputError("give one --truth file per image")
+    for i, f in enumerate(files):
+        axes = args.axes or (f.axes if f.axes and len(f.axes) == f.data.ndim else None)
+        data = f.data
+        if denoiser is not None:
+            data = _run_with_bar(
+                denoiser.iter_denoise(
+                    data, axes=axes, tile=args.tile, overlap=args.overlap, device=args.device
+                ),
+                f"denoise {f.path.name}",
+                args.quiet,
+            )
+        result = _run_with_bar(
+            model.iter_segment(
+                data, axes=axes, tile=args.tile, overlap=args.overlap, device=args.device
+            ),
+            f"segment {f.path.name}",
+            args.quiet,
+        )
+        write_tiff(out_dir / f"{f.path.stem}_labels.tif", result.labels)
+        write_tiff(out_dir / f"{f.path.stem}_prob.tif", result.probabilities)
+        write_tiff(out_dir / f"{f.path.stem}_uncertainty.tif", result.uncertainty)
+        if truths is not None:
+            print(f"{f.path.name}: {score_instances(truths[i], result.labels).summary()}")
+        if not args.quiet:
+            print(
+                f"wrote {out_dir}/{f.path.stem}_labels.tif and _prob.tif, _uncertainty.tif",
+                file=sys.stderr,
+            )
+    return 0
+
+
+def _evaluate(args) -> int:
+    from .core.image_io import read_image
+    from .core.metrics import score_instances
+
+    if len(args.pred) != len(args.truth):
+        raise InvalidInputError(
+            f"{len(args.pred)} prediction(s) but {len(args.truth)} ground truth file(s)"
+        )
+    rows = []
+    for p, t in zip(args.pred, args.truth, strict=True):
+        scores = score_instances(read_image(t).data, read_image(p).data, threshold=args.threshold)
+        rows.append({"pred": p, "truth": t, **scores.as_dict()})
+    if len(rows) > 1:
+        mean = {
+            k: float(np.mean([r[k] for r in rows]))
+            for k in ("ap", "f1", "mean_matched_iou", "pixel_iou")
+        }
+    else:
+        mean = {k: rows[0][k] for k in ("ap", "f1", "mean_matched_iou", "pixel_iou")}
+    if args.json:
+        print(json.dumps({"images": rows, "mean": mean}, indent=2))
+    else:
+        for r in rows:
+            print(
+                f"{r['pred']}: AP@{args.threshold:g} {r['ap']:.3f}  F1 {r['f1']:.3f}  "
+                f"mean IoU {r['mean_matched_iou']:.3f}  pixel IoU {r['pixel_iou']:.3f}  "
+                f"({r['n_pred']} predicted, {r['n_true']} true)"
+            )
+        if len(rows) > 1:
+            print(
+                f"mean: AP {mean['ap']:.3f}  F1 {mean['f1']:.3f}  mean IoU "
+                f"{mean['mean_matched_iou']:.3f}  pixel IoU {mean['pixel_iou']:.3f}"
+            )
+    return 0
+
+
 def _info(args) -> int:
     from .api import load_model
 
@@ -233,6 +443,7 @@ def _demo(args) -> int:
     run_demo(
         out=args.out,
         steps=args.steps,
+        seg_steps=args.seg_steps,
         device=args.device,
         seed=args.seed,
         open_viewer=not args.no_viewer,
@@ -241,7 +452,15 @@ def _demo(args) -> int:
     return 0
 
 
-COMMANDS = {"train-denoiser": _train, "denoise": _denoise, "info": _info, "demo": _demo}
+COMMANDS = {
+    "train-denoiser": _train,
+    "denoise": _denoise,
+    "train-segmenter": _train_segmenter,
+    "segment": _segment,
+    "evaluate": _evaluate,
+    "info": _info,
+    "demo": _demo,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,6 +6,7 @@ import os
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -20,8 +21,8 @@ from .tiling import TileProgress, count_tiles, iter_predict_tiled, run_generator
 
 
 @dataclass
-class DenoiserModel:
-    """A denoising autoencoder and everything saved with it.
+class TrainedModel:
+    """A trained network and everything saved with it (base of denoisers and segmenters).
 
     Attributes
     ----------
@@ -39,23 +40,27 @@ class DenoiserModel:
         A short name for menus (the file stem, or set by the trainer).
     """
 
-    config: DenoiserConfig
+    config: Any
     network: UNet
     history: list[tuple[int, float, float]] = field(default_factory=list)
     trained_steps: int = 0
     optimizer_state: dict | None = None
     last_weights: dict[str, torch.Tensor] | None = None
-    name: str = "denoiser"
+    name: str = "model"
 
-    kind = "denoiser"
+    kind: ClassVar[str] = "model"
+    config_class: ClassVar[type]
 
-    # ------------------------------------------------------------------ files
+    def _extra(self) -> dict:
+        return {}
+
     def save(self, path: str | os.PathLike) -> Path:
         """Save to one file (atomically); the conventional suffix is ``.aeseg``."""
         extra = {
             "history": [[s, float(t), float(v)] for s, t, v in self.history],
             "trained_steps": self.trained_steps,
             "name": self.name,
+            **self._extra(),
         }
         weights = dict(self.network.state_dict())
         if self.last_weights is not None:
@@ -72,14 +77,18 @@ class DenoiserModel:
         )
 
     @classmethod
-    def from_model_file(cls, raw: ModelFile, path: str | os.PathLike) -> DenoiserModel:
-        if raw.kind != "denoiser":
-            raise ModelFileError(f"'{path}' is a {raw.kind} model, but a denoiser is needed here")
+    def _build_network(cls, config) -> UNet:
+        return build_network(config.architecture)
+
+    @classmethod
+    def from_model_file(cls, raw: ModelFile, path: str | os.PathLike):
+        if raw.kind != cls.kind:
+            raise ModelFileError(f"'{path}' is a {raw.kind} model, but a {cls.kind} is needed here")
         try:
-            config = parse_config_json(DenoiserConfig, raw.config_json)
+            config = parse_config_json(cls.config_class, raw.config_json)
         except ValueError as exc:
             raise ModelFileError(f"'{path}': {str(exc).splitlines()[0]}") from None
-        network = build_network(config.architecture)
+        network = cls._build_network(config)
         best = {k: v for k, v in raw.weights.items() if not k.startswith("__last__/")}
         last = {
             k.removeprefix("__last__/"): v
@@ -95,7 +104,7 @@ class DenoiserModel:
         extra = raw.extra
         return cls(
             config=config,
-            network=network,
+            network=network.eval(),
             history=[tuple(r) for r in extra.get("history", [])],
             trained_steps=int(extra.get("trained_steps", 0)),
             optimizer_state=raw.optimizer,
@@ -104,8 +113,59 @@ class DenoiserModel:
         )
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> DenoiserModel:
+    def load(cls, path: str | os.PathLike):
         return cls.from_model_file(read_model_file(path), path)
+
+    def check_layout(self, shape: tuple[int, ...], axes: str | None) -> Layout:
+        """Validate an image against this model; the error says what to change."""
+        if axes is None:
+            axes = self.config.axes if len(self.config.axes) == len(shape) else guess_axes(shape)
+        axes = check_axes_match(shape, axes)
+        layout = Layout(axes, tuple(shape))
+        dims = self.config.architecture.spatial_dims
+        if layout.spatial_dims != dims:
+            hint = (
+                " To process a stack slice by slice with a 2D model, call its Z axis S "
+                f"(axes '{axes.replace('Z', 'S')}')."
+                if dims == 2
+                else ""
+            )
+            raise InvalidInputError(
+                f"the model is {dims}D (trained on axes '{self.config.axes}') but the image is "
+                f"{layout.spatial_dims}D (axes '{axes}').{hint}"
+            )
+        channels = self.config.architecture.in_channels
+        if layout.channels != channels:
+            raise InvalidInputError(
+                f"the model expects {channels} channel(s) but the image has "
+                f"{layout.channels} (axes '{axes}', shape {tuple(shape)})"
+            )
+        return layout
+
+    def normalizer(self, spatial_dims: int):
+        """The model's intensity normalisation as an in-place function on ``(C, *S)`` tiles."""
+        norm = self.config.normalization
+        shape_c = (-1,) + (1,) * spatial_dims
+        lo = np.asarray(norm.low, np.float32).reshape(shape_c)
+        span = (np.asarray(norm.high, np.float32) - np.asarray(norm.low, np.float32)).reshape(
+            shape_c
+        )
+
+        def prepare(t: np.ndarray) -> np.ndarray:
+            t -= lo
+            t /= span
+            return t
+
+        return prepare, lo, span
+
+
+@dataclass
+class DenoiserModel(TrainedModel):
+    """A denoising autoencoder and everything saved with it."""
+
+    name: str = "denoiser"
+    kind: ClassVar[str] = "denoiser"
+    config_class: ClassVar[type] = DenoiserConfig
 
     # ------------------------------------------------------------- inference
     def describe(self) -> str:
@@ -117,31 +177,6 @@ class DenoiserModel:
             f"{a.in_channels} channel(s), depth {a.depth}, {a.base_channels} base channels, "
             f"{self.trained_steps} steps trained"
         )
-
-    def check_layout(self, shape: tuple[int, ...], axes: str | None) -> Layout:
-        """Validate an image against this model; the error says what to change."""
-        if axes is None:
-            axes = self.config.axes if len(self.config.axes) == len(shape) else guess_axes(shape)
-        axes = check_axes_match(shape, axes)
-        layout = Layout(axes, tuple(shape))
-        dims = self.config.spatial_dims
-        if layout.spatial_dims != dims:
-            hint = (
-                " To denoise a stack slice by slice with a 2D model, call its Z axis S "
-                f"(axes '{axes.replace('Z', 'S')}')."
-                if dims == 2
-                else ""
-            )
-            raise InvalidInputError(
-                f"the model is {dims}D (trained on axes '{self.config.axes}') but the image is "
-                f"{layout.spatial_dims}D (axes '{axes}').{hint}"
-            )
-        if layout.channels != self.config.n_channels:
-            raise InvalidInputError(
-                f"the model expects {self.config.n_channels} channel(s) but the image has "
-                f"{layout.channels} (axes '{axes}', shape {tuple(shape)})"
-            )
-        return layout
 
     def iter_denoise(
         self,
@@ -159,15 +194,7 @@ class DenoiserModel:
         dev = resolve_device(device)
         net = self.network.to(dev).eval()
         internal = layout.to_internal(image)
-        norm = self.config.normalization
-        lo = np.asarray(norm.low, np.float32)
-        span = np.asarray(norm.high, np.float32) - lo
-        shape_c = (-1,) + (1,) * layout.spatial_dims
-
-        def prepare(t: np.ndarray) -> np.ndarray:
-            t -= lo.reshape(shape_c)
-            t /= span.reshape(shape_c)
-            return t
+        prepare, lo, span = self.normalizer(layout.spatial_dims)
 
         divisor = self.config.architecture.divisor
         per_sample = count_tiles(
@@ -190,8 +217,8 @@ class DenoiserModel:
                 progress_total=total,
                 out=out[n],
             )
-            pred *= span.reshape(shape_c)
-            pred += lo.reshape(shape_c)
+            pred *= span
+            pred += lo
         return layout.from_internal(out)
 
     def denoise(self, image: np.ndarray, **kwargs) -> np.ndarray:

@@ -1,0 +1,166 @@
+"""An instant pixel classifier on the encoder's multi-scale features.
+
+For the "paint a little, see the result, paint more" loop: the encoder of a trained denoiser
+turns every pixel into a feature vector (its activations at every level, upsampled to full
+resolution, plus the intensity); a random forest learns the scribbled pixels and predicts
+all others. Features are computed once per image and cached by the caller; refitting on new
+scribbles takes well under a second on a 512x512 image. Without an encoder, scikit-image's
+``multiscale_basic_features`` (intensity, edges, texture at several scales, as in ilastik)
+serve instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .data import Layout, check_axes_match, check_image
+from .denoiser import DenoiserModel
+from .devices import resolve_device
+from .errors import InvalidInputError
+from .tiling import iter_predict_tiled, run_generator
+
+#: refuse feature stacks larger than this (bytes); features are held in memory
+_MAX_FEATURE_BYTES = 3 * 1024**3
+
+
+def encoder_features(
+    model: DenoiserModel,
+    image: np.ndarray,
+    *,
+    axes: str | None = None,
+    device="auto",
+    tile="auto",
+    levels: Sequence[int] | None = None,
+) -> np.ndarray:
+    """Per-pixel features ``(F, *spatial)`` (float32) of one image from a denoiser's encoder.
+
+    ``levels`` picks encoder levels (0 = full resolution); all by default. Images with
+    sample axes (``T``/``S``) are not supported here: pass one frame.
+    """
+    image = check_image(image)
+    layout = model.check_layout(image.shape, axes)
+    if (
+        layout.sample_axes
+        and np.prod([layout.shape[layout.axes.index(a)] for a in layout.sample_axes]) > 1
+    ):
+        raise InvalidInputError(
+            "features are computed for one frame at a time; pass a single frame"
+        )
+    dev = resolve_device(device)
+    encoder = model.network.encoder.to(dev).eval()
+    chans = encoder.channels
+    use = list(levels) if levels is not None else list(range(len(chans)))
+    n_feat = layout.channels + sum(chans[i] for i in use)
+    size = n_feat * int(np.prod(layout.spatial_shape)) * 4
+    if size > _MAX_FEATURE_BYTES:
+        raise InvalidInputError(
+            f"features of this image would take {size / 1024**3:.1f} GiB; use a crop or a slice"
+        )
+    mode = "trilinear" if layout.spatial_dims == 3 else "bilinear"
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        feats = encoder(x)
+        up = [
+            F.interpolate(feats[i], size=x.shape[2:], mode=mode, align_corners=False)
+            if i
+            else feats[i]
+            for i in use
+        ]
+        return torch.cat([x, *up], dim=1)
+
+    prepare, _, _ = model.normalizer(layout.spatial_dims)
+    internal = layout.to_internal(image)[0]
+    return run_generator(
+        iter_predict_tiled(
+            forward,
+            internal,
+            out_channels=n_feat,
+            divisor=model.config.architecture.divisor,
+            device=dev,
+            tile=tile,
+            overlap="auto",
+            prepare=prepare,
+        )
+    )
+
+
+def classic_features(image: np.ndarray, *, axes: str = "YX") -> np.ndarray:
+    """ilastik-style features ``(F, *spatial)``: intensity, edges and texture at 1-16 px."""
+    from skimage.feature import multiscale_basic_features
+
+    image = check_image(image)
+    layout = Layout(check_axes_match(image.shape, axes), image.shape)
+    x = layout.to_internal(image)[0].astype(np.float32)
+    lo, hi = np.percentile(x, (0.5, 99.5))
+    x = (x - lo) / max(hi - lo, 1e-6)
+    feats = [
+        multiscale_basic_features(
+            x[c], intensity=True, edges=True, texture=True, sigma_min=1, sigma_max=16
+        )
+        for c in range(x.shape[0])
+    ]
+    return np.moveaxis(np.concatenate(feats, axis=-1), -1, 0).astype(np.float32)
+
+
+@dataclass
+class PixelClassifier:
+    """A random forest on per-pixel features, fitted on scribbles (0 = not annotated)."""
+
+    n_estimators: int = 48
+    max_depth: int = 14
+    max_samples: int = 40_000
+    seed: int = 0
+
+    def __post_init__(self):
+        self.forest = None
+        self.n_classes = 0
+
+    def fit(self, features: np.ndarray, scribbles: np.ndarray) -> PixelClassifier:
+        from sklearn.ensemble import RandomForestClassifier
+
+        scribbles = np.asarray(scribbles)
+        if scribbles.shape != features.shape[1:]:
+            raise InvalidInputError(
+                f"scribbles of shape {scribbles.shape} do not match the image {features.shape[1:]}"
+            )
+        labeled = np.flatnonzero(scribbles.ravel() > 0)
+        classes = np.unique(scribbles.ravel()[labeled])
+        if len(labeled) == 0:
+            raise InvalidInputError("no pixel is annotated: paint some scribbles first")
+        if len(classes) < 2:
+            raise InvalidInputError(
+                f"only label {int(classes[0])} is annotated; paint at least two classes "
+                "(e.g. 1 = background and 2 = foreground)"
+            )
+        rng = np.random.default_rng(self.seed)
+        if len(labeled) > self.max_samples:
+            labeled = rng.choice(labeled, self.max_samples, replace=False)
+        flat = features.reshape(features.shape[0], -1)
+        x = flat[:, labeled].T
+        y = scribbles.ravel()[labeled]
+        self.forest = RandomForestClassifier(
+            n_estimators=self.n_estimators,
+            max_depth=self.max_depth,
+            n_jobs=-1,
+            class_weight="balanced",
+            random_state=self.seed,
+        ).fit(x, y)
+        self.n_classes = int(scribbles.max())
+        return self
+
+    def predict_proba(self, features: np.ndarray, chunk: int = 262_144) -> np.ndarray:
+        """Probabilities ``(K, *spatial)`` for labels ``1..K`` (classes never painted get 0)."""
+        if self.forest is None:
+            raise InvalidInputError("the classifier has not been trained yet")
+        flat = features.reshape(features.shape[0], -1)
+        out = np.zeros((self.n_classes, flat.shape[1]), np.float32)
+        rows = self.forest.classes_.astype(int) - 1
+        for start in range(0, flat.shape[1], chunk):
+            part = self.forest.predict_proba(flat[:, start : start + chunk].T)
+            out[rows, start : start + chunk] = part.T
+        return out.reshape(self.n_classes, *features.shape[1:])

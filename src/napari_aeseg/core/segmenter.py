@@ -1,0 +1,651 @@
+"""Encoder-pretrained segmentation from a few labels.
+
+A segmenter is the U-Net of :mod:`.models` with a fresh decoder and a head of one output per
+class. Its encoder either starts from the encoder of a trained denoiser (weights and
+intensity normalisation copied), which has learned what the user's images look like from
+unlabeled data, or from random initialisation.
+
+Labels it learns from:
+
+- ``scribbles``: 0 = not annotated (ignored by the loss), 1 = background, 2 = foreground,
+  or ``k + 1`` for class ``k`` of K semantic classes;
+- ``instances``: dense instance masks (0 = background, one id per object), turned into
+  background / foreground interior / boundary classes for instance segmentation.
+
+With ``joint_denoising`` (as in DenoiSeg) the network also has one denoising output per
+channel, trained with the blind-spot loss on every pixel while the segmentation loss uses
+the labeled pixels only.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field, field_validator, model_validator
+
+from .config import (
+    FORMAT_VERSION,
+    ArchitectureConfig,
+    Normalization,
+    _Strict,
+    build,
+    validate_axes,
+)
+from .data import Layout, check_axes_match, check_image, fit_normalization, normalize
+from .denoiser import DenoiserModel, TrainedModel
+from .devices import resolve_device
+from .errors import InvalidInputError, TrainingCancelled
+from .models import UNet, build_network
+from .noise import apply_blind_spot, blind_spot_coordinates, masked_gather
+from .postprocess import (
+    entropy,
+    instances_from_probabilities,
+    instances_to_classes,
+    semantic_labels,
+)
+from .tiling import count_tiles, iter_predict_tiled, run_generator
+from .training import TrainingProgress
+
+LabelsKind = Literal["scribbles", "instances"]
+Target = Literal["instances", "semantic"]
+
+
+class SegTrainingConfig(_Strict):
+    steps: int = Field(400, ge=1, le=10_000_000)
+    batch_size: int = Field(8, ge=1, le=4096)
+    patch_size: int = Field(64, ge=8, le=4096)
+    patch_size_z: int = Field(16, ge=4, le=1024)
+    learning_rate: float = Field(1e-3, gt=0, le=1)
+    #: learning-rate factor of a pretrained encoder once it is unfrozen
+    encoder_lr_factor: float = Field(0.2, ge=0, le=10)
+    #: keep a pretrained encoder frozen for this many first steps (the new decoder settles)
+    freeze_encoder_steps: int = Field(50, ge=0)
+    joint_denoising: bool = False
+    denoise_weight: float = Field(0.5, ge=0, le=100)
+    masked_fraction: float = Field(0.02, gt=0, le=0.5)
+    blind_spot_radius: int = Field(2, ge=1, le=8)
+    #: weight classes by the inverse square root of their labeled pixel counts
+    class_balance: bool = True
+    augment: bool = True
+    seed: int = 0
+
+
+class PostprocessConfig(_Strict):
+    threshold: float = Field(0.5, gt=0, lt=1)
+    min_size: int = Field(15, ge=0)
+    fill_holes: bool = True
+
+
+class EncoderSource(_Strict):
+    """Where a segmenter's encoder came from."""
+
+    name: str
+    mode: str
+    trained_steps: int
+    config_json: str
+
+
+class SegmenterConfig(_Strict):
+    kind: Literal["segmenter"] = "segmenter"
+    format_version: int = FORMAT_VERSION
+    axes: str = "YX"
+    target: Target = "instances"
+    labels_kind: LabelsKind = "scribbles"
+    n_classes: int = Field(2, ge=2, le=255)
+    architecture: ArchitectureConfig = Field(default_factory=ArchitectureConfig)
+    training: SegTrainingConfig = Field(default_factory=SegTrainingConfig)
+    postprocess: PostprocessConfig = Field(default_factory=PostprocessConfig)
+    normalization: Normalization | None = None
+    encoder: EncoderSource | None = None
+
+    @field_validator("axes")
+    @classmethod
+    def _check_axes(cls, axes: str) -> str:
+        return validate_axes(axes)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SegmenterConfig:
+        dims = 3 if "Z" in self.axes else 2
+        if self.architecture.spatial_dims != dims:
+            raise ValueError(f"axes '{self.axes}' are {dims}D but the architecture is not")
+        div = self.architecture.divisor
+        if self.training.patch_size % div or (dims == 3 and self.training.patch_size_z % div):
+            raise ValueError(f"patch sizes must be multiples of {div} (2**depth)")
+        if self.labels_kind == "instances" and self.target != "instances":
+            raise ValueError("instance masks train an instance segmenter (target 'instances')")
+        return self
+
+    @property
+    def n_outputs(self) -> int:
+        extra = self.architecture.in_channels if self.training.joint_denoising else 0
+        return self.n_classes + extra
+
+
+# ------------------------------------------------------------------ labels -> targets
+def labels_to_target(
+    labels: np.ndarray, kind: LabelsKind, n_classes: int | None = None
+) -> np.ndarray:
+    """Class targets (int64, -1 = ignored) from scribbles or dense instance masks."""
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "biu":
+        if labels.dtype.kind == "f" and np.all(np.mod(labels, 1) == 0):
+            labels = labels.astype(np.int64)
+        else:
+            raise InvalidInputError(f"labels must be integers, got {labels.dtype}")
+    if labels.min() < 0:
+        raise InvalidInputError("labels contain negative values; use 0 for unlabeled pixels")
+    if kind == "instances":
+        return instances_to_classes(labels)
+    target = labels.astype(np.int64) - 1
+    if n_classes is not None and target.max() >= n_classes:
+        raise InvalidInputError(
+            f"scribbles contain the value {int(labels.max())} but only {n_classes} classes "
+            f"exist (values 1..{n_classes}; 0 = not annotated)"
+        )
+    return target
+
+
+def check_targets(targets: Sequence[np.ndarray], n_classes: int) -> np.ndarray:
+    """Counts of labeled pixels per class; errors for no labels or a single class."""
+    counts = np.zeros(n_classes, np.int64)
+    for t in targets:
+        vals, cnt = np.unique(t[t >= 0], return_counts=True)
+        counts[vals] += cnt
+    if counts.sum() == 0:
+        raise InvalidInputError(
+            "no pixel is annotated: paint scribbles (1 = background, 2 = foreground) or give "
+            "instance masks"
+        )
+    present = np.flatnonzero(counts)
+    if len(present) < 2:
+        raise InvalidInputError(
+            f"only label {int(present[0]) + 1} is annotated; annotate at least two classes "
+            "(e.g. 1 = background and 2 = foreground)"
+        )
+    return counts
+
+
+# ------------------------------------------------------------------------- patches
+class LabeledPatchSampler:
+    """Random patches centred near annotated pixels (scribbles are sparse), image and target
+    cropped and augmented together."""
+
+    def __init__(
+        self, images, targets, patch, *, augment, generator, random_fraction=0.0, class_counts=None
+    ):
+        self.images = images  # list of (C, *S) tensors
+        self.targets = targets  # list of (*S) int64 tensors
+        self.patch = tuple(patch)
+        self.augment = augment
+        self.g = generator
+        self.random_fraction = random_fraction
+        coords, classes = [], []
+        for i, t in enumerate(targets):
+            idx = torch.nonzero(t >= 0)
+            coords.append(torch.cat([torch.full((len(idx), 1), i), idx.cpu()], 1))
+            classes.append(t[t >= 0].cpu())
+        self.coords = torch.cat(coords)
+        cls = torch.cat(classes)
+        # pick a class uniformly, then a pixel of it: rare classes are not drowned
+        self.by_class = [torch.nonzero(cls == k)[:, 0] for k in range(int(cls.max()) + 1)]
+        self.by_class = [b for b in self.by_class if len(b)]
+
+    def _r(self, n: int) -> int:
+        return int(torch.randint(0, n, (1,), generator=self.g))
+
+    def sample(self, batch: int):
+        xs, ts = [], []
+        for _ in range(batch):
+            if torch.rand(1, generator=self.g).item() < self.random_fraction:
+                i = self._r(len(self.images))
+                shape = self.targets[i].shape
+                starts = [self._r(s - p + 1) for s, p in zip(shape, self.patch, strict=True)]
+            else:
+                members = self.by_class[self._r(len(self.by_class))]
+                row = self.coords[members[self._r(len(members))]]
+                i = int(row[0])
+                shape = self.targets[i].shape
+                starts = []
+                for c, s, p in zip(row[1:].tolist(), shape, self.patch, strict=True):
+                    lo, hi = max(0, c - p + 1), min(c, s - p)
+                    starts.append(lo + self._r(hi - lo + 1))
+            sl = tuple(slice(a, a + p) for a, p in zip(starts, self.patch, strict=True))
+            x = self.images[i][(slice(None), *sl)]
+            t = self.targets[i][sl]
+            if self.augment:
+                flips = [d for d in range(1, x.ndim) if self._r(2)]
+                if flips:
+                    x = torch.flip(x, flips)
+                    t = torch.flip(t, [d - 1 for d in flips])
+                if self.patch[-1] == self.patch[-2]:
+                    k = self._r(4)
+                    if k:
+                        x = torch.rot90(x, k, dims=(x.ndim - 2, x.ndim - 1))
+                        t = torch.rot90(t, k, dims=(t.ndim - 2, t.ndim - 1))
+            xs.append(x)
+            ts.append(t)
+        return torch.stack(xs), torch.stack(ts)
+
+
+# --------------------------------------------------------------------------- model
+@dataclass
+class SegmentationResult:
+    """Outputs of :meth:`SegmenterModel.segment`, laid out as the input without its channel axis."""
+
+    labels: np.ndarray
+    probabilities: np.ndarray  # (K, ...) float32
+    uncertainty: np.ndarray  # entropy in [0, 1]
+    denoised: np.ndarray | None = None
+
+
+@dataclass
+class SegmenterModel(TrainedModel):
+    name: str = "segmenter"
+    kind: ClassVar[str] = "segmenter"
+    config_class: ClassVar[type] = SegmenterConfig
+
+    @classmethod
+    def _build_network(cls, config) -> UNet:
+        return build_network(config.architecture, out_channels=config.n_outputs)
+
+    def describe(self) -> str:
+        c = self.config
+        enc = f"encoder from denoiser '{c.encoder.name}'" if c.encoder else "random-init encoder"
+        joint = ", joint denoising" if c.training.joint_denoising else ""
+        return (
+            f"{self.name}: {c.target} segmenter, {c.n_classes} classes from {c.labels_kind}, "
+            f"{enc}{joint}, axes {c.axes}, {self.trained_steps} steps trained"
+        )
+
+    def iter_segment(
+        self,
+        image: np.ndarray,
+        *,
+        axes: str | None = None,
+        tile="auto",
+        overlap="auto",
+        device="auto",
+        cancel: Callable[[], bool] | None = None,
+    ) -> Generator:
+        """Tiled segmentation yielding progress; returns a :class:`SegmentationResult`."""
+        image = check_image(image)
+        layout = self.check_layout(image.shape, axes)
+        dev = resolve_device(device)
+        net = self.network.to(dev).eval()
+        k = self.config.n_classes
+        joint = self.config.training.joint_denoising
+
+        def forward(x):
+            y = net(x)
+            probs = torch.softmax(y[:, :k].float(), dim=1)
+            return torch.cat([probs, y[:, k:].float()], dim=1) if joint else probs
+
+        internal = layout.to_internal(image)
+        prepare, lo, span = self.normalizer(layout.spatial_dims)
+        divisor = self.config.architecture.divisor
+        per = count_tiles(
+            layout.spatial_shape, tile=tile, overlap=overlap, divisor=divisor, device=dev
+        )
+        n = internal.shape[0]
+        outs = []
+        for i in range(n):
+            out = yield from iter_predict_tiled(
+                forward,
+                internal[i],
+                out_channels=self.config.n_outputs,
+                divisor=divisor,
+                device=dev,
+                tile=tile,
+                overlap=overlap,
+                prepare=prepare,
+                cancel=cancel,
+                progress_offset=i * per,
+                progress_total=per * n,
+            )
+            outs.append(out)
+        stack = np.stack(outs)  # (N, K(+C), *S)
+        probs = stack[:, :k]
+        lead = [layout.shape[layout.axes.index(a)] for a in layout.sample_axes]
+        shape = (*lead, *layout.spatial_shape)
+        pp = self.config.postprocess
+        labels = np.stack(
+            [
+                instances_from_probabilities(
+                    p, threshold=pp.threshold, min_size=pp.min_size, fill_holes=pp.fill_holes
+                )
+                if self.config.target == "instances"
+                else semantic_labels(p)
+                for p in probs
+            ]
+        )
+        if self.config.target == "instances" and n > 1:
+            # unique ids across frames
+            offset = 0
+            labels = labels.astype(np.uint32)
+            for i in range(n):
+                m = labels[i] > 0
+                labels[i][m] += offset
+                offset = int(labels[i].max()) if m.any() else offset
+        probs_out = np.moveaxis(probs, 1, 0).reshape(k, *shape)
+        denoised = None
+        if joint:
+            den = stack[:, k:] * span + lo
+            denoised = layout.from_internal(den)
+        return SegmentationResult(
+            labels=labels.reshape(shape),
+            probabilities=probs_out,
+            uncertainty=entropy(probs_out),
+            denoised=denoised,
+        )
+
+    def segment(self, image: np.ndarray, **kwargs) -> SegmentationResult:
+        """Segment an image; see :meth:`iter_segment` for the options."""
+        return run_generator(self.iter_segment(image, **kwargs))
+
+
+def load_segmenter(path: str | os.PathLike) -> SegmenterModel:
+    return SegmenterModel.load(path)
+
+
+# ------------------------------------------------------------------------ training
+def make_segmenter_config(
+    shape: tuple[int, ...],
+    *,
+    encoder: DenoiserModel | None = None,
+    axes: str | None = None,
+    labels_kind: LabelsKind = "scribbles",
+    target: Target = "instances",
+    n_classes: int | None = None,
+    depth: int = 2,
+    base_channels: int = 32,
+    **training,
+) -> SegmenterConfig:
+    """A validated segmenter config; architecture and axes follow ``encoder`` when given."""
+    from .data import guess_axes
+
+    if encoder is not None:
+        axes = axes or (encoder.config.axes if len(encoder.config.axes) == len(shape) else None)
+    axes = check_axes_match(tuple(shape), axes or guess_axes(tuple(shape)))
+    channels = shape[axes.index("C")] if "C" in axes else 1
+    if encoder is not None:
+        encoder.check_layout(tuple(shape), axes)
+        arch = encoder.config.architecture.model_copy(update={"top_skip": True})
+    else:
+        arch = build(
+            ArchitectureConfig,
+            spatial_dims=3 if "Z" in axes else 2,
+            in_channels=channels,
+            out_channels=channels,
+            depth=depth,
+            base_channels=base_channels,
+        )
+    if n_classes is None:
+        n_classes = 3 if labels_kind == "instances" else 2
+    source = None
+    if encoder is not None:
+        source = EncoderSource(
+            name=encoder.name,
+            mode=encoder.config.mode,
+            trained_steps=encoder.trained_steps,
+            config_json=encoder.config.model_dump_json(),
+        )
+        if "freeze_encoder_steps" not in training:
+            training["freeze_encoder_steps"] = min(50, training.get("steps", 400) // 5)
+    else:
+        training.setdefault("freeze_encoder_steps", 0)
+    train_cfg = build(SegTrainingConfig, **training)
+    return build(
+        SegmenterConfig,
+        axes=axes,
+        target=target,
+        labels_kind=labels_kind,
+        n_classes=n_classes,
+        architecture=arch,
+        training=train_cfg,
+        normalization=encoder.config.normalization if encoder is not None else None,
+        encoder=source,
+    )
+
+
+class SegmenterTrainer:
+    """Fine-tunes a segmenter on a few labels; ``run()`` yields progress like the denoiser's."""
+
+    def __init__(
+        self,
+        images: Sequence[np.ndarray],
+        labels: Sequence[np.ndarray],
+        config: SegmenterConfig,
+        *,
+        encoder: DenoiserModel | None = None,
+        device="auto",
+        name: str = "segmenter",
+    ):
+        if len(images) != len(labels):
+            raise InvalidInputError(
+                f"{len(images)} image(s) but {len(labels)} label image(s); give one per image"
+            )
+        if not images:
+            raise InvalidInputError("no training images were given")
+        self.config = config
+        self.device = resolve_device(device)
+        t = config.training
+        internals, targets = [], []
+        for i, (img, lab) in enumerate(zip(images, labels, strict=True)):
+            img = check_image(img, name=f"image {i + 1}")
+            layout = Layout(check_axes_match(img.shape, config.axes), img.shape)
+            lab = np.asarray(lab)
+            want = (
+                *[layout.shape[layout.axes.index(a)] for a in layout.sample_axes],
+                *layout.spatial_shape,
+            )
+            if lab.shape != tuple(want):
+                raise InvalidInputError(
+                    f"labels {i + 1} have shape {lab.shape} but image {i + 1} needs labels of "
+                    f"shape {tuple(want)} (the image without its channel axis)"
+                )
+            if layout.channels != config.architecture.in_channels:
+                raise InvalidInputError(
+                    f"the encoder expects {config.architecture.in_channels} channel(s) but image "
+                    f"{i + 1} has {layout.channels}"
+                )
+            internals.append(layout.to_internal(img))
+            tgt = labels_to_target(lab, config.labels_kind, config.n_classes)
+            targets.append(tgt.reshape(-1, *layout.spatial_shape))
+        counts = check_targets(targets, config.n_classes)
+        if config.normalization is None:
+            config.normalization = fit_normalization(internals)
+        dims = config.architecture.spatial_dims
+        self.patch = (t.patch_size_z,) * (dims == 3) + (t.patch_size, t.patch_size)
+        self.patch = tuple(
+            min(p, _fit(p, min(tg.shape[1 + d] for tg in targets), config.architecture.divisor))
+            for d, p in enumerate(self.patch)
+        )
+        imgs, tgts = [], []
+        for x, tg in zip(internals, targets, strict=True):
+            xn = torch.from_numpy(normalize(x, config.normalization))
+            for n in range(x.shape[0]):
+                imgs.append(xn[n].to(self.device))
+                tgts.append(torch.from_numpy(tg[n]).to(self.device))
+        self.generator = torch.Generator().manual_seed(t.seed)
+        self.sampler = LabeledPatchSampler(
+            imgs,
+            tgts,
+            self.patch,
+            augment=t.augment,
+            generator=self.generator,
+            random_fraction=0.5 if t.joint_denoising else 0.0,
+        )
+        torch.manual_seed(t.seed)
+        self.network = build_network(config.architecture, out_channels=config.n_outputs).to(
+            self.device
+        )
+        if encoder is not None:
+            self.network.encoder.load_state_dict(encoder.network.encoder.state_dict())
+        enc_params = list(self.network.encoder.parameters())
+        rest = [p for n_, p in self.network.named_parameters() if not n_.startswith("encoder.")]
+        self.pretrained = encoder is not None
+        self.enc_lr = t.learning_rate * (t.encoder_lr_factor if self.pretrained else 1.0)
+        self.optimizer = torch.optim.AdamW(
+            [{"params": enc_params, "lr": self.enc_lr}, {"params": rest, "lr": t.learning_rate}],
+            weight_decay=1e-4,
+        )
+        weights = None
+        if t.class_balance:
+            w = 1.0 / np.sqrt(np.maximum(counts, 1))
+            w = w / w[counts > 0].mean()
+            weights = torch.tensor(w, dtype=torch.float32, device=self.device)
+        self.class_weights = weights
+        self.history: list[tuple[int, float, float]] = []
+        self.step = 0
+        self.name = name
+        self._stop = False
+
+    @property
+    def total_steps(self) -> int:
+        return self.config.training.steps
+
+    def stop(self) -> None:
+        self._stop = True
+
+    def extend(self, steps: int) -> None:
+        self.config.training.steps = self.step + int(steps)
+
+    def _loss(self, x, target):
+        cfg = self.config
+        k = cfg.n_classes
+        t = cfg.training
+        coords = None
+        if t.joint_denoising:
+            coords = blind_spot_coordinates(x.shape, t.masked_fraction, self.generator)
+            inp = apply_blind_spot(
+                x,
+                coords,
+                radius=t.blind_spot_radius,
+                replacement="median",
+                generator=self.generator,
+            )
+        else:
+            inp = x
+        y = self.network(inp)
+        logits = y[:, :k]
+        per_pixel = F.cross_entropy(
+            logits, target.clamp(min=0), weight=self.class_weights, reduction="none"
+        )
+        valid = (target >= 0).float()
+        if self.class_weights is not None:
+            norm = (self.class_weights[target.clamp(min=0)] * valid).sum()
+        else:
+            norm = valid.sum()
+        loss = (per_pixel * valid).sum() / norm.clamp(min=1e-6)
+        if coords is not None:
+            den = y[:, k:]
+            loss = loss + t.denoise_weight * F.mse_loss(
+                masked_gather(den, coords), masked_gather(x, coords)
+            )
+        return loss
+
+    def run(self) -> Generator[TrainingProgress, None, SegmenterModel]:
+        self._stop = False
+        t = self.config.training
+        self.network.train()
+        started = time.perf_counter()
+        first = self.step
+        while self.step < t.steps and not self._stop:
+            frac = min(1.0, self.step / max(1, t.steps))
+            scale = 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac))
+            frozen = self.pretrained and self.step < t.freeze_encoder_steps
+            self.optimizer.param_groups[0]["lr"] = 0.0 if frozen else self.enc_lr * scale
+            self.optimizer.param_groups[1]["lr"] = t.learning_rate * scale
+            x, target = self.sampler.sample(t.batch_size)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = self._loss(x, target)
+            loss.backward()
+            self.optimizer.step()
+            self.step += 1
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise InvalidInputError(
+                    f"training diverged at step {self.step}; lower the learning rate"
+                )
+            self.history.append((self.step, value, math.nan))
+            rate = (self.step - first) / max(1e-9, time.perf_counter() - started)
+            yield TrainingProgress(
+                step=self.step,
+                total_steps=t.steps,
+                epoch=0,
+                train_loss=value,
+                val_loss=None,
+                best_val_loss=None,
+                learning_rate=self.optimizer.param_groups[1]["lr"],
+                steps_per_second=rate,
+                eta_seconds=(t.steps - self.step) / rate if rate > 0 else math.inf,
+            )
+        return self.result()
+
+    def result(self) -> SegmenterModel:
+        if self.step == 0:
+            raise TrainingCancelled("training stopped before the first step; nothing to save")
+        network = build_network(self.config.architecture, out_channels=self.config.n_outputs)
+        network.load_state_dict({k: v.detach().cpu() for k, v in self.network.state_dict().items()})
+        return SegmenterModel(
+            config=self.config.model_copy(deep=True),
+            network=network.eval(),
+            history=list(self.history),
+            trained_steps=self.step,
+            optimizer_state=copy.deepcopy(self.optimizer.state_dict()),
+            name=self.name,
+        )
+
+
+def _fit(patch: int, size: int, divisor: int) -> int:
+    """The largest multiple of ``divisor`` not above ``size`` (patches shrink for small crops)."""
+    fitted = size // divisor * divisor
+    if fitted < divisor:
+        raise InvalidInputError(
+            f"a labeled image is only {size} pixels wide; it needs at least {divisor}"
+        )
+    return min(patch, fitted)
+
+
+def train_segmenter(
+    images: np.ndarray | Sequence[np.ndarray],
+    labels: np.ndarray | Sequence[np.ndarray],
+    *,
+    encoder: DenoiserModel | str | os.PathLike | None = None,
+    device="auto",
+    callback=None,
+    **options,
+) -> SegmenterModel:
+    """Train a segmenter on images and their scribbles or instance masks (synchronous).
+
+    ``encoder`` is a trained :class:`DenoiserModel` (or its file) whose encoder initialises
+    the network, or ``None`` for random initialisation. ``options`` go to
+    :func:`make_segmenter_config` (``labels_kind``, ``target``, ``steps``, ``joint_denoising``...).
+    """
+    if isinstance(images, np.ndarray):
+        images = [images]
+    if isinstance(labels, np.ndarray):
+        labels = [labels]
+    if encoder is not None and not isinstance(encoder, DenoiserModel):
+        encoder = DenoiserModel.load(encoder)
+    if options.get("labels_kind", "scribbles") == "scribbles" and options.get("n_classes") is None:
+        options["n_classes"] = max(2, max(int(np.max(lab)) for lab in labels))
+    config = make_segmenter_config(images[0].shape, encoder=encoder, **options)
+    trainer = SegmenterTrainer(images, labels, config, encoder=encoder, device=device)
+    gen = trainer.run()
+    while True:
+        try:
+            p = next(gen)
+        except StopIteration as done:
+            return done.value
+        if callback is not None:
+            callback(p)

@@ -1,0 +1,45 @@
+import numpy as np
+import pytest
+
+from napari_aeseg.core.errors import InvalidInputError
+from napari_aeseg.core.metrics import score_instances
+
+
+def _two_squares():
+    gt = np.zeros((20, 20), np.uint16)
+    gt[2:8, 2:8] = 1
+    gt[10:18, 10:18] = 2
+    return gt
+
+
+def test_perfect_and_permuted_ids():
+    gt = _two_squares()
+    pred = np.where(gt == 1, 7, np.where(gt == 2, 3, 0))
+    s = score_instances(gt, pred)
+    assert (s.ap, s.f1, s.mean_matched_iou, s.pixel_iou) == (1.0, 1.0, 1.0, 1.0)
+
+
+def test_counts_fp_fn_and_iou_threshold():
+    gt = _two_squares()
+    pred = np.zeros_like(gt)
+    pred[2:8, 2:5] = 1  # IoU 0.5 with object 1 -> a match at 0.5
+    pred[0:2, 15:20] = 2  # a false positive
+    s = score_instances(gt, pred)
+    assert (s.tp, s.fp, s.fn) == (1, 1, 1)
+    assert s.ap == pytest.approx(1 / 3) and s.f1 == pytest.approx(0.5)
+    assert s.mean_matched_iou == pytest.approx(0.5)
+    assert score_instances(gt, pred, threshold=0.6).tp == 0
+
+
+def test_hungarian_prevents_double_matching():
+    gt = np.zeros((10, 10), np.uint16)
+    gt[:, :3] = 1
+    gt[:, 3:] = 2
+    merged = (gt > 0).astype(np.uint16)  # one object covering both: IoU 0.3 and 0.7
+    s = score_instances(gt, merged)
+    assert (s.tp, s.fn, s.fp) == (1, 1, 0)
+
+
+def test_shape_mismatch():
+    with pytest.raises(InvalidInputError, match="differs"):
+        score_instances(np.zeros((4, 4)), np.zeros((5, 4)))

@@ -1,0 +1,162 @@
+import numpy as np
+import pytest
+
+from napari_aeseg.api import load_model
+from napari_aeseg.core.denoiser import DenoiserModel
+from napari_aeseg.core.errors import InvalidInputError, ModelFileError
+from napari_aeseg.core.features import PixelClassifier, classic_features, encoder_features
+from napari_aeseg.core.metrics import score_instances
+from napari_aeseg.core.segmenter import SegmenterModel, labels_to_target, train_segmenter
+from napari_aeseg.core.training import train_denoiser
+from napari_aeseg.demo import simulated_scribbles
+
+SEG = dict(steps=120, batch_size=4, patch_size=32, learning_rate=3e-3)
+
+
+@pytest.fixture(scope="module")
+def denoiser(nuclei_2d):
+    _, noisy, _ = nuclei_2d
+    return train_denoiser(
+        noisy,
+        steps=40,
+        depth=2,
+        base_channels=8,
+        patch_size=32,
+        batch_size=4,
+        learning_rate=3e-3,
+        device="cpu",
+    )
+
+
+@pytest.fixture(scope="module")
+def scribbles(nuclei_2d):
+    return simulated_scribbles(nuclei_2d[2], fraction=0.03, seed=0)
+
+
+def test_scribbles_with_pretrained_encoder(nuclei_2d, denoiser, scribbles, tmp_path):
+    _, noisy, truth = nuclei_2d
+    seg = train_segmenter(noisy, scribbles, encoder=denoiser, device="cpu", **SEG)
+    assert seg.config.encoder.name == denoiser.name
+    assert seg.config.normalization == denoiser.config.normalization
+    result = seg.segment(noisy, device="cpu")
+    assert result.labels.shape == noisy.shape and result.labels.dtype == np.uint16
+    assert result.probabilities.shape == (2, *noisy.shape)
+    np.testing.assert_allclose(result.probabilities.sum(0), 1.0, atol=1e-4)
+    assert 0 <= result.uncertainty.min() and result.uncertainty.max() <= 1
+    assert score_instances(truth, result.labels).ap > 0.5
+    path = seg.save(tmp_path / "seg.aeseg")
+    again = load_model(path)
+    assert isinstance(again, SegmenterModel)
+    assert np.array_equal(again.segment(noisy, device="cpu").labels, result.labels)
+
+
+def test_encoder_weights_are_copied(nuclei_2d, denoiser, scribbles):
+    _, noisy, _ = nuclei_2d
+    seg = train_segmenter(
+        noisy,
+        scribbles,
+        encoder=denoiser,
+        device="cpu",
+        **{**SEG, "steps": 1, "freeze_encoder_steps": 1},
+    )
+    for (k, a), b in zip(
+        seg.network.encoder.state_dict().items(), denoiser.network.encoder.state_dict().values()
+    ):
+        assert np.array_equal(a.numpy(), b.numpy()), k
+
+
+def test_dense_instances_random_init_and_joint(nuclei_2d):
+    clean, noisy, truth = nuclei_2d
+    seg = train_segmenter(
+        noisy,
+        truth,
+        labels_kind="instances",
+        depth=2,
+        base_channels=8,
+        device="cpu",
+        joint_denoising=True,
+        **SEG,
+    )
+    assert seg.config.n_classes == 3 and seg.config.encoder is None
+    result = seg.segment(noisy, device="cpu")
+    assert result.denoised is not None and result.denoised.shape == noisy.shape
+    assert score_instances(truth, result.labels).pixel_iou > 0.6
+
+
+def test_semantic_classes_time_series(nuclei_2d):
+    _, noisy, truth = nuclei_2d
+    frames = np.stack([noisy, noisy[::-1]])
+    sem = np.stack([np.where(truth > 0, 2, 1), np.where(truth[::-1] > 0, 2, 1)]).astype(np.uint8)
+    sem[:, :64, :64] = np.where(sem[:, :64, :64] == 2, 3, sem[:, :64, :64])
+    seg = train_segmenter(
+        frames,
+        sem,
+        target="semantic",
+        axes="TYX",
+        depth=2,
+        base_channels=8,
+        device="cpu",
+        **{**SEG, "steps": 5},
+    )
+    assert seg.config.n_classes == 3
+    out = seg.segment(frames, axes="TYX", device="cpu")
+    assert out.labels.shape == frames.shape and out.probabilities.shape == (3, *frames.shape)
+    assert set(np.unique(out.labels)) <= {1, 2, 3}
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        (np.zeros((128, 128), np.uint8), "no pixel is annotated"),
+        (np.ones((128, 128), np.uint8), "only label 1"),
+        (np.zeros((64, 64), np.uint8), "shape"),
+    ],
+)
+def test_bad_labels(nuclei_2d, labels, message):
+    with pytest.raises(InvalidInputError, match=message):
+        train_segmenter(nuclei_2d[1], labels, device="cpu", depth=2, base_channels=8, **SEG)
+
+
+def test_labels_outside_classes():
+    with pytest.raises(InvalidInputError, match="only 2 classes"):
+        labels_to_target(np.array([[0, 1, 5]]), "scribbles", 2)
+
+
+def test_encoder_of_other_dimensionality(nuclei_3d, denoiser):
+    with pytest.raises(InvalidInputError, match="2D"):
+        train_segmenter(
+            nuclei_3d[1],
+            nuclei_3d[2],
+            encoder=denoiser,
+            labels_kind="instances",
+            axes="ZYX",
+            device="cpu",
+            **SEG,
+        )
+
+
+def test_wrong_model_kinds(denoiser, tmp_path, nuclei_2d, scribbles):
+    dpath = denoiser.save(tmp_path / "d.aeseg")
+    with pytest.raises(ModelFileError, match="is a denoiser model, but a segmenter"):
+        SegmenterModel.load(dpath)
+    seg = train_segmenter(
+        nuclei_2d[1], scribbles, device="cpu", depth=2, base_channels=8, **{**SEG, "steps": 1}
+    )
+    spath = seg.save(tmp_path / "s.aeseg")
+    with pytest.raises(ModelFileError, match="is a segmenter model, but a denoiser"):
+        DenoiserModel.load(spath)
+
+
+def test_pixel_classifier_on_encoder_and_classic_features(nuclei_2d, denoiser, scribbles):
+    _, noisy, truth = nuclei_2d
+    feats = encoder_features(denoiser, noisy, device="cpu")
+    assert feats.shape == (1 + 8 + 16 + 32, *noisy.shape)
+    probs = PixelClassifier(n_estimators=16).fit(feats, scribbles).predict_proba(feats)
+    assert probs.shape == (2, *noisy.shape)
+    pred_fg = probs[1] > 0.5
+    assert ((pred_fg == (truth > 0)).mean()) > 0.85
+    cf = classic_features(noisy)
+    p2 = PixelClassifier(n_estimators=16).fit(cf, scribbles).predict_proba(cf)
+    assert ((p2[1] > 0.5) == (truth > 0)).mean() > 0.8
+    with pytest.raises(InvalidInputError, match="only label 2"):
+        PixelClassifier().fit(feats, (scribbles == 2).astype(np.uint8) * 2)
