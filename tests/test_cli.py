@@ -300,7 +300,6 @@ def test_segmentation_commands(files, model_file, capsys, nuclei_2d, tmp_path):
         )
         == 0
     )
-    import json
 
     report = json.loads(capsys.readouterr().out)
     assert 0.0 <= report["mean"]["ap"] <= 1.0 and report["images"][0]["n_true"] == int(truth.max())
