@@ -1,0 +1,1113 @@
+"""The *Segment* dock widget: an image, a few scribbles (or masks) -> labels, probability,
+uncertainty.
+
+Two ways to learn from the labels:
+
+- **Fine-tune network**: a segmenter (:class:`SegmenterTrainer`) whose encoder starts from a
+  trained denoiser of this session (or at random) is trained on the labeled pixels, then
+  segments the whole image tile by tile. The model goes to the session, so it can be saved.
+- **Instant feature classifier**: per-pixel features (the denoiser's encoder activations, or
+  classic filters without one) are computed once per image and cached; a random forest is
+  refitted on the scribbles in a worker, on demand or after every paint stroke (Live update).
+
+Outputs go to three layers named after the image, which a rerun updates instead of piling
+up copies: ``"<image> segmentation"`` (Labels), ``"<image> probability"`` and
+``"<image> uncertainty"`` (entropy), all with the image's scale and translation.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from napari.layers import Image, Labels
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+from scipy import ndimage as ndi
+from superqt import QCollapsible
+
+from ..core.data import check_axes_match
+from ..core.denoiser import DenoiserModel
+from ..core.devices import describe_device, resolve_device
+from ..core.errors import AesegError, InvalidInputError, TrainingCancelled
+from ..core.features import PixelClassifier, classic_features, encoder_features
+from ..core.metrics import score_instances
+from ..core.postprocess import entropy, instances_from_probabilities, semantic_labels
+from ..core.segmenter import SegmenterModel, SegmenterTrainer, make_segmenter_config
+from ..core.tiling import Cancelled, TileProgress
+from ..core.training import TrainingProgress
+from ._common import (
+    DeviceCombo,
+    Failure,
+    ImageLayerCombo,
+    StopsWhenUndocked,
+    _FollowsLayers,
+    ask_open_model_path,
+    ask_save_model_path,
+    format_seconds,
+    guess_layer_axes,
+    layer_data,
+    report_failure,
+    start_job,
+)
+from .session import SESSION
+
+FINE_TUNE = "Fine-tune network"
+INSTANT = "Instant feature classifier"
+NO_ENCODER = "none (random init)"
+NO_TRUTH = "none"
+SCRIBBLES = "scribbles"
+MASKS = "instance masks"
+LIVE_DELAY_MS = 300
+
+
+# --------------------------------------------------------------------------- worker side
+@dataclass(frozen=True)
+class Stage:
+    """A step of the job worth telling the user about."""
+
+    text: str
+
+
+@dataclass
+class Segmented:
+    """What a job hands back to the widget (on the main thread)."""
+
+    labels: np.ndarray
+    probability: np.ndarray
+    uncertainty: np.ndarray
+    scores: object | None = None
+    model: SegmenterModel | None = None
+    features: np.ndarray | None = None
+    features_key: tuple | None = None
+    frame: int | None = None
+
+
+@dataclass(frozen=True)
+class Stopped:
+    model: SegmenterModel | None
+
+
+class SegmentJob:
+    """What the widget and its worker share: the trainer and a stop flag."""
+
+    def __init__(self) -> None:
+        self.trainer: SegmenterTrainer | None = None
+        self.stop_requested = threading.Event()
+        self.idle = threading.Event()
+        self.idle.set()
+
+    def stop(self) -> None:
+        self.stop_requested.set()
+        if self.trainer is not None:
+            self.trainer.stop()
+
+    def shutdown(self, wait_s: float = 3.0) -> None:
+        self.stop()
+        self.idle.wait(wait_s)
+
+    def _denoised(self, denoiser, image, axes, device):
+        if denoiser is None:
+            return image
+        yield Stage(f"Denoising with '{denoiser.name}'...")
+        return (
+            yield from denoiser.iter_denoise(
+                image, axes=axes, device=device, cancel=self.stop_requested.is_set
+            )
+        )
+
+    def fine_tune(
+        self, *, image, labels, config, encoder, denoiser, axes, device, name, truth, target
+    ):
+        """Yields Stage/TrainingProgress/TileProgress; returns Segmented, Stopped or Failure."""
+        try:
+            image = np.asarray(image)  # lazy (dask) data is read here, in the worker
+            image = yield from self._denoised(denoiser, image, axes, device)
+            self.trainer = SegmenterTrainer(
+                [image], [labels], config, encoder=encoder, device=device, name=name
+            )
+            yield Stage(f"Training on {describe_device(self.trainer.device)}...")
+            if self.stop_requested.is_set():
+                self.trainer.stop()
+            model = yield from self.trainer.run()
+            if self.stop_requested.is_set():
+                return Stopped(model)
+            yield Stage("Segmenting...")
+            result = yield from model.iter_segment(
+                image, axes=axes, device=device, cancel=self.stop_requested.is_set
+            )
+            probability = foreground_or_all(result.probabilities, target)
+            return Segmented(
+                labels=result.labels,
+                probability=probability,
+                uncertainty=result.uncertainty,
+                scores=_score(truth, result.labels, target),
+                model=model,
+            )
+        except (Cancelled, TrainingCancelled):
+            return Stopped(self.trainer.result() if self._has_steps() else None)
+        except Exception as exc:  # noqa: BLE001 - handed to the widget, which reports it
+            return Failure(exc)
+        finally:
+            self.idle.set()
+
+    def _has_steps(self) -> bool:
+        return self.trainer is not None and self.trainer.step > 0
+
+    def classify(
+        self,
+        *,
+        image,
+        scribbles,
+        axes,
+        encoder,
+        denoiser,
+        device,
+        features,
+        features_key,
+        target,
+        threshold,
+        min_size,
+        truth,
+        frame,
+    ):
+        """Features (unless cached) -> random forest -> labels; returns Segmented or Failure."""
+        try:
+            if features is None:
+                image = np.asarray(image)
+                image = yield from self._denoised(denoiser, image, axes, device)
+                yield Stage("Computing features (once per image)...")
+                if encoder is not None:
+                    features = encoder_features(encoder, image, axes=axes, device=device)
+                else:
+                    features = classic_features(image, axes=axes)
+            if self.stop_requested.is_set():
+                return Stopped(None)
+            yield Stage("Fitting the classifier...")
+            classifier = PixelClassifier().fit(features, scribbles)
+            probs = classifier.predict_proba(features)
+            if target == "instances":
+                # one foreground class however many object classes were painted
+                probs = np.stack([probs[0], probs[1:].sum(axis=0)])
+                labels = instances_from_probabilities(probs, threshold=threshold, min_size=min_size)
+            else:
+                labels = semantic_labels(probs)
+            return Segmented(
+                labels=labels,
+                probability=foreground_or_all(probs, target),
+                uncertainty=entropy(probs),
+                scores=_score(truth, labels, target),
+                features=features,
+                features_key=features_key,
+                frame=frame,
+            )
+        except Exception as exc:  # noqa: BLE001 - handed to the widget, which reports it
+            return Failure(exc)
+        finally:
+            self.idle.set()
+
+
+def foreground_or_all(probabilities: np.ndarray, target: str) -> np.ndarray:
+    """Object probability for instances (foreground plus boundary), all classes otherwise."""
+    if target == "instances":
+        return probabilities[1:].sum(axis=0).astype(np.float32)
+    return probabilities.astype(np.float32)
+
+
+def _score(truth, labels: np.ndarray, target: str):
+    if truth is None:
+        return None
+    truth = np.asarray(truth)
+    if truth.shape != labels.shape:
+        return InvalidInputError(
+            f"ground truth of shape {truth.shape} does not match the segmentation {labels.shape}"
+        )
+    pred = labels if target == "instances" else ndi.label(labels >= 2)[0]
+    return score_instances(truth, pred)
+
+
+# --------------------------------------------------------------------------- layers
+def output_names(image_name: str) -> tuple[str, str, str]:
+    return (
+        f"{image_name} segmentation",
+        f"{image_name} probability",
+        f"{image_name} uncertainty",
+    )
+
+
+def labels_shape(layer: Image, axes: str) -> tuple[int, ...]:
+    """The shape labels of ``layer`` need: the image without its channel (or RGB) axis."""
+    shape = tuple(layer_data(layer).shape)
+    if "C" in axes and len(axes) == len(shape):
+        return tuple(n for a, n in zip(axes, shape, strict=True) if a != "C")
+    return shape[:-1] if layer.rgb else shape
+
+
+def label_space(layer: Image, axes: str) -> dict:
+    """Scale and translation of ``layer`` without a (non-RGB) channel axis."""
+    scale, translate = tuple(layer.scale), tuple(layer.translate)
+    if not layer.rgb and "C" in axes and len(axes) == len(scale):
+        keep = [i for i, a in enumerate(axes) if a != "C"]
+        scale = tuple(scale[i] for i in keep)
+        translate = tuple(translate[i] for i in keep)
+    return {"scale": scale, "translate": translate}
+
+
+def _put(viewer, kind, name: str, data: np.ndarray, space: dict, **display):
+    """Update the layer ``name`` of type ``kind`` in place, or add it (once)."""
+    existing = viewer.layers[name] if name in viewer.layers else None
+    if isinstance(existing, kind) and existing.data.shape == data.shape:
+        if not np.allclose(existing.scale, space["scale"]):
+            existing.scale = space["scale"]
+        if not np.allclose(existing.translate, space["translate"]):
+            existing.translate = space["translate"]
+        existing.data = data
+        return existing
+    index = None
+    if isinstance(existing, kind):  # ours, but another shape: replace it where it was
+        index = viewer.layers.index(existing)
+        viewer.layers.remove(existing)
+    make = Labels if kind is Labels else Image
+    layer = make(data, name=name, **space, **display)
+    if index is None:
+        viewer.add_layer(layer)
+    else:
+        viewer.layers.insert(index, layer)
+    return layer
+
+
+def _in_frame(viewer, kind, name, frame_data, frame, t_index, full_shape, dtype):
+    """The full array of layer ``name`` with frame ``frame`` (on axis ``t_index``) replaced."""
+    existing = viewer.layers[name] if name in viewer.layers else None
+    if isinstance(existing, kind) and existing.data.shape == full_shape:
+        full = np.array(existing.data, dtype=np.result_type(existing.data.dtype, dtype))
+    else:
+        full = np.zeros(full_shape, dtype)
+    index = [slice(None)] * len(full_shape)
+    index[t_index] = frame
+    full[tuple(index)] = frame_data
+    return full
+
+
+class LabelsLayerCombo(_FollowsLayers, QComboBox):
+    """A dropdown of the viewer's Labels layers (optionally with a 'none' entry)."""
+
+    def __init__(self, viewer, *, none: str | None = None, exclude=lambda name: False):
+        super().__init__()
+        self._none = none
+        self._exclude = exclude
+        self.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.setMinimumContentsLength(12)
+        self._follow(viewer)
+
+    def _refresh(self) -> None:
+        layers = [
+            ly
+            for ly in self._viewer.layers
+            if isinstance(ly, Labels) and not self._exclude(ly.name)
+        ]
+        self._watch_names(layers)
+        names = ([self._none] if self._none else []) + [ly.name for ly in layers]
+        if names == [self.itemText(i) for i in range(self.count())]:
+            return
+        current = self.currentText()
+        self.blockSignals(True)
+        self.clear()
+        self.addItems(names)
+        if current in names:
+            self.setCurrentText(current)
+        self.blockSignals(False)
+        self.currentIndexChanged.emit(self.currentIndex())
+
+    def layer(self) -> Labels | None:
+        name = self.currentText()
+        layer = self._viewer.layers[name] if name in self._viewer.layers else None
+        return layer if isinstance(layer, Labels) else None
+
+
+# --------------------------------------------------------------------------- the widget
+class SegmentWidget(StopsWhenUndocked, QWidget):
+    """Segment an image layer from a few scribbles or masks."""
+
+    def __init__(self, napari_viewer):
+        super().__init__()
+        self.viewer = napari_viewer
+        self._job = SegmentJob()
+        self._worker = None
+        self._running = False
+        self._model: SegmenterModel | None = None
+        self._registered_name: str | None = None
+        self._features: tuple[tuple, np.ndarray] | None = None
+        self._live_layer: Labels | None = None
+        self._live_pending = False
+        self._last_status = 0.0
+        self._build()
+        self._live_timer = QTimer(self)
+        self._live_timer.setSingleShot(True)
+        self._live_timer.setInterval(LIVE_DELAY_MS)
+        self._live_timer.timeout.connect(self._live_refit)
+        SESSION.changed.connect(self._on_session_changed)
+        on_change = self._on_session_changed
+        job_ref = [self._job]
+        self.destroyed.connect(lambda *_: SESSION.changed.disconnect(on_change))
+        self.destroyed.connect(lambda *_: job_ref[0].shutdown())
+        self._job_ref = job_ref
+        self._on_session_changed("")
+        self._on_image_changed()
+        self._on_mode_changed()
+        self._update_buttons()
+
+    # ------------------------------------------------------------------ layout
+    def _build(self) -> None:
+        outer = QVBoxLayout(self)
+        form = QFormLayout()
+        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        outer.addLayout(form)
+
+        self.image_combo = ImageLayerCombo(self.viewer, self)
+        self.image_combo.layer_changed.connect(self._on_image_changed)
+        form.addRow("Image", self.image_combo)
+        self.axes_edit = QLineEdit()
+        self.axes_edit.setToolTip(
+            "Axes of the image: YX, ZYX, TYX, YXC... With T, the feature classifier works on "
+            "the frame shown in the viewer; fine-tuning learns from all frames."
+        )
+        self.axes_edit.textEdited.connect(lambda *_: self._on_axes_changed())
+        form.addRow("Axes", self.axes_edit)
+
+        self.labels_combo = LabelsLayerCombo(self.viewer, exclude=_is_output_name)
+        self.labels_combo.setToolTip("The scribbles or instance masks to learn from")
+        self.labels_combo.currentIndexChanged.connect(lambda *_: self._on_labels_changed())
+        self.new_scribbles_button = QPushButton("New scribble layer")
+        self.new_scribbles_button.setToolTip(
+            "An empty Labels layer over the image, selected with the paint brush on label 2"
+        )
+        self.new_scribbles_button.clicked.connect(lambda: self.new_scribble_layer())
+        labels_row = QWidget()
+        row = QHBoxLayout(labels_row)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.labels_combo, 1)
+        row.addWidget(self.new_scribbles_button)
+        form.addRow("Labels", labels_row)
+        self.hint = QLabel(
+            "Paint 1 = background, 2 = foreground (semantic: 3, 4... more classes); "
+            "0 = not annotated."
+        )
+        self.hint.setWordWrap(True)
+        form.addRow(self.hint)
+
+        self.kind_combo = _combo([SCRIBBLES, MASKS])
+        self.kind_combo.setToolTip(
+            "Scribbles: a few painted pixels per class. Instance masks: every object painted "
+            "with its own id, the rest 0 (= background)."
+        )
+        self.kind_combo.currentIndexChanged.connect(lambda *_: self._on_kind_changed())
+        form.addRow("Labels are", self.kind_combo)
+        self.target_combo = _combo(["instances", "semantic"])
+        self.target_combo.setToolTip(
+            "Instances: separate objects (touching ones split by a watershed). "
+            "Semantic: one label per class."
+        )
+        form.addRow("Target", self.target_combo)
+
+        self.mode_combo = _combo([INSTANT, FINE_TUNE])
+        self.mode_combo.setToolTip(
+            "Instant: a random forest on encoder features, refitted in about a second. "
+            "Fine-tune: trains a segmentation network (better, slower; can be saved)."
+        )
+        self.mode_combo.currentIndexChanged.connect(lambda *_: self._on_mode_changed())
+        form.addRow("Mode", self.mode_combo)
+
+        self.encoder_combo = QComboBox()
+        self.encoder_combo.setToolTip(
+            "A denoiser of this session whose encoder knows your images; without one the "
+            "network starts at random and the classifier uses classic filters"
+        )
+        self.encoder_combo.currentIndexChanged.connect(lambda *_: self._forget_features())
+        self.load_button = QPushButton("Load...")
+        self.load_button.setToolTip("Load a denoiser file (.aeseg) into this session")
+        self.load_button.clicked.connect(self.load_encoder)
+        enc_row = QWidget()
+        row = QHBoxLayout(enc_row)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.encoder_combo, 1)
+        row.addWidget(self.load_button)
+        form.addRow("Encoder", enc_row)
+
+        self.denoise_check = QCheckBox("Denoise first with")
+        self.denoise_check.setToolTip(
+            "Denoise the image before training, segmenting and computing features"
+        )
+        self.denoise_check.toggled.connect(lambda *_: self._forget_features())
+        self.denoiser_combo = QComboBox()
+        self.denoiser_combo.currentIndexChanged.connect(lambda *_: self._forget_features())
+        den_row = QWidget()
+        row = QHBoxLayout(den_row)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.denoise_check)
+        row.addWidget(self.denoiser_combo, 1)
+        form.addRow(den_row)
+
+        self.steps = _spin(1, 1_000_000, 300, tip="Training steps (batches)")
+        self.steps_label = QLabel("Steps")
+        form.addRow(self.steps_label, self.steps)
+        self.learning_rate = QDoubleSpinBox()
+        self.learning_rate.setDecimals(5)
+        self.learning_rate.setRange(1e-5, 1.0)
+        self.learning_rate.setSingleStep(1e-4)
+        self.learning_rate.setValue(1e-3)
+        self.lr_label = QLabel("Learning rate")
+        form.addRow(self.lr_label, self.learning_rate)
+        self.joint_check = QCheckBox("Joint denoising (DenoiSeg)")
+        self.joint_check.setToolTip(
+            "Also learn to denoise every pixel (blind-spot loss) while segmenting"
+        )
+        form.addRow(self.joint_check)
+        self.device_combo = DeviceCombo()
+        form.addRow("Device", self.device_combo)
+        self.truth_combo = LabelsLayerCombo(self.viewer, none=NO_TRUTH, exclude=_is_output_name)
+        self.truth_combo.setToolTip(
+            "Optional ground truth: AP@0.5, F1 and IoU are shown after each result"
+        )
+        form.addRow("Ground truth", self.truth_combo)
+
+        self.advanced = QCollapsible("Advanced")
+        adv = QWidget()
+        adv_form = QFormLayout(adv)
+        adv_form.setContentsMargins(0, 0, 0, 0)
+        self.batch_size = _spin(1, 1024, 8, tip="Patches per training step")
+        self.patch_size = _spin(
+            8, 1024, 64, step=8, tip="Patch side in pixels (multiple of 2**depth)"
+        )
+        self.base_channels = _spin(
+            4, 256, 32, step=4, tip="Feature maps at full resolution (random init only)"
+        )
+        self.depth = _spin(1, 5, 2, tip="Levels of a random-init network (an encoder sets its own)")
+        self.freeze_steps = _spin(
+            -1, 100_000, -1, tip="Steps with the pretrained encoder frozen; -1 = automatic"
+        )
+        self.freeze_steps.setSpecialValueText("auto")
+        self.threshold = QDoubleSpinBox()
+        self.threshold.setRange(0.05, 0.95)
+        self.threshold.setSingleStep(0.05)
+        self.threshold.setValue(0.5)
+        self.threshold.setToolTip("Object probability above which a pixel belongs to an object")
+        self.min_size = _spin(0, 1_000_000, 15, tip="Smaller objects (pixels) are dropped")
+        self.seed = _spin(0, 2**31 - 1, 0, tip="Random seed")
+        for label, w in (
+            ("Batch size", self.batch_size),
+            ("Patch size", self.patch_size),
+            ("Base channels", self.base_channels),
+            ("Depth", self.depth),
+            ("Freeze encoder", self.freeze_steps),
+            ("Threshold", self.threshold),
+            ("Min object size", self.min_size),
+            ("Seed", self.seed),
+        ):
+            adv_form.addRow(label, w)
+        self.advanced.addWidget(adv)
+        outer.addWidget(self.advanced)
+
+        buttons = QHBoxLayout()
+        self.run_button = QPushButton("Train && Segment")
+        self.run_button.clicked.connect(lambda: self.run())
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setToolTip("Stop now; a network trained so far is kept in the session")
+        self.stop_button.clicked.connect(self.stop)
+        buttons.addWidget(self.run_button, 1)
+        buttons.addWidget(self.stop_button)
+        outer.addLayout(buttons)
+        self.live_check = QCheckBox(f"Live update (refit {LIVE_DELAY_MS} ms after each stroke)")
+        self.live_check.toggled.connect(lambda *_: self._on_labels_changed())
+        outer.addWidget(self.live_check)
+
+        self.progress = QProgressBar()
+        self.progress.setValue(0)
+        outer.addWidget(self.progress)
+        self.status = QLabel("Choose an image, paint scribbles, press Update.")
+        self.status.setWordWrap(True)
+        outer.addWidget(self.status)
+        self.metrics = QLabel("")
+        self.metrics.setWordWrap(True)
+        outer.addWidget(self.metrics)
+
+        files = QHBoxLayout()
+        self.save_button = QPushButton("Save model...")
+        self.save_button.setToolTip("Save the last fine-tuned segmenter to a .aeseg file")
+        self.save_button.clicked.connect(self.save_model)
+        files.addWidget(self.save_button)
+        outer.addLayout(files)
+        self.model_info = QLabel("")
+        self.model_info.setWordWrap(True)
+        outer.addWidget(self.model_info)
+        outer.addStretch(1)
+
+    # ------------------------------------------------------------------ state
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    @property
+    def model(self) -> SegmenterModel | None:
+        return self._model
+
+    @property
+    def instant(self) -> bool:
+        return self.mode_combo.currentText() == INSTANT
+
+    def set_options(self, **options) -> None:
+        """Set the form from keyword arguments (tests and scripts)."""
+        spins = {
+            "steps": self.steps,
+            "batch_size": self.batch_size,
+            "patch_size": self.patch_size,
+            "base_channels": self.base_channels,
+            "depth": self.depth,
+            "freeze_encoder_steps": self.freeze_steps,
+            "min_size": self.min_size,
+            "seed": self.seed,
+            "learning_rate": self.learning_rate,
+            "threshold": self.threshold,
+        }
+        combos = {
+            "mode": self.mode_combo,
+            "labels_kind": self.kind_combo,
+            "target": self.target_combo,
+            "encoder": self.encoder_combo,
+            "labels": self.labels_combo,
+            "ground_truth": self.truth_combo,
+            "image": self.image_combo,
+        }
+        for key, value in options.items():
+            if key in spins:
+                spins[key].setValue(value)
+            elif key in combos:
+                box = combos[key]
+                if box.findText(str(value)) < 0:
+                    raise ValueError(f"'{value}' is not offered for {key}")
+                box.setCurrentText(str(value))
+            elif key == "device":
+                self.device_combo.setCurrentIndex(self.device_combo.findData(value))
+            elif key == "joint_denoising":
+                self.joint_check.setChecked(bool(value))
+            elif key == "live":
+                self.live_check.setChecked(bool(value))
+            elif key == "denoiser":
+                self.denoise_check.setChecked(value is not None)
+                if value is not None:
+                    self.denoiser_combo.setCurrentText(value)
+            elif key == "axes":
+                self.axes_edit.setText(value)
+                self._on_axes_changed()
+            else:
+                raise TypeError(f"unknown option '{key}'")
+
+    def _denoisers(self) -> list[str]:
+        return [n for n in SESSION.names() if isinstance(SESSION.get(n), DenoiserModel)]
+
+    def encoder(self) -> DenoiserModel | None:
+        name = self.encoder_combo.currentText()
+        return SESSION.get(name) if name in SESSION else None
+
+    def denoiser(self) -> DenoiserModel | None:
+        name = self.denoiser_combo.currentText()
+        if not self.denoise_check.isChecked() or name not in SESSION:
+            return None
+        return SESSION.get(name)
+
+    def _on_session_changed(self, name: str) -> None:
+        names = self._denoisers()
+        for box, head in ((self.encoder_combo, [NO_ENCODER]), (self.denoiser_combo, [])):
+            current = box.currentText()
+            items = head + names
+            if items == [box.itemText(i) for i in range(box.count())]:
+                continue
+            box.blockSignals(True)
+            box.clear()
+            box.addItems(items)
+            if name in names and box is self.encoder_combo:
+                box.setCurrentText(name)  # a new denoiser is what the user wants next
+            elif current in items:
+                box.setCurrentText(current)
+            box.blockSignals(False)
+        self._forget_features()
+        self.denoise_check.setEnabled(bool(names))
+        self.denoiser_combo.setEnabled(bool(names))
+
+    def _on_image_changed(self) -> None:
+        layer = self.image_combo.layer()
+        if layer is not None:
+            self.axes_edit.setText(guess_layer_axes(layer))
+        self._on_axes_changed()
+
+    def _on_axes_changed(self) -> None:
+        self._forget_features()
+        axes = self.axes_edit.text().strip().upper()
+        if "T" in axes:
+            self.live_check.setText("Live update of the frame shown (refit after each stroke)")
+        self._update_buttons()
+
+    def _on_kind_changed(self) -> None:
+        masks = self.kind_combo.currentText() == MASKS
+        if masks:
+            self.target_combo.setCurrentText("instances")
+        self.target_combo.setEnabled(not masks)
+
+    def _on_mode_changed(self) -> None:
+        instant = self.instant
+        for w in (self.steps, self.steps_label, self.learning_rate, self.lr_label):
+            w.setVisible(not instant)
+        self.joint_check.setVisible(not instant)
+        self.live_check.setVisible(instant)
+        self.save_button.setVisible(not instant)
+        self.advanced.setVisible(True)
+        self.run_button.setText("Update" if instant else "Train && Segment")
+        self.run_button.setToolTip(
+            "Refit the classifier on the scribbles and show the result"
+            if instant
+            else "Train a segmenter on the labels, then segment the whole image"
+        )
+        self.progress.setFormat("%p%" if instant else "%v / %m steps")
+        self._on_labels_changed()
+        self._update_buttons()
+
+    def _on_labels_changed(self) -> None:
+        """Follow paint strokes of the chosen labels layer while Live update is on."""
+        layer = self.labels_combo.layer() if self.live_check.isChecked() and self.instant else None
+        if layer is self._live_layer:
+            return
+        self._disconnect_live()
+        if layer is not None:
+            layer.events.paint.connect(self._schedule_live)
+            layer.events.data.connect(self._schedule_live)
+            self._live_layer = layer
+            self._schedule_live()
+
+    def _disconnect_live(self) -> None:
+        if self._live_layer is not None:
+            self._live_layer.events.paint.disconnect(self._schedule_live)
+            self._live_layer.events.data.disconnect(self._schedule_live)
+            self._live_layer = None
+
+    def _schedule_live(self, *_) -> None:
+        self._live_timer.start()
+
+    def _live_refit(self) -> None:
+        if self._running:
+            self._live_pending = True  # refit again once the current fit is back
+            return
+        self.run(quiet=True)
+
+    def _forget_features(self) -> None:
+        self._features = None
+
+    def _update_buttons(self) -> None:
+        idle = not self._running
+        self.run_button.setEnabled(idle)
+        self.stop_button.setEnabled(self._running)
+        for w in (self.load_button, self.new_scribbles_button, self.mode_combo):
+            w.setEnabled(idle)
+        self.save_button.setEnabled(idle and self._model is not None)
+
+    # ------------------------------------------------------------------ actions
+    def new_scribble_layer(self) -> Labels | None:
+        """Add an empty Labels layer over the image, ready to paint foreground (label 2)."""
+        image = self.image_combo.layer()
+        if image is None:
+            show_error("Choose an image layer first.")
+            return None
+        axes = self.axes_edit.text().strip().upper()
+        layer = self.viewer.add_labels(
+            np.zeros(labels_shape(image, axes), np.uint8),
+            name=f"{image.name} scribbles",
+            **label_space(image, axes),
+        )
+        self.labels_combo.setCurrentText(layer.name)
+        self.kind_combo.setCurrentText(SCRIBBLES)
+        self.viewer.layers.selection.active = layer
+        layer.brush_size = 4
+        layer.selected_label = 2
+        layer.mode = "paint"
+        self.status.setText(
+            f"Paint in '{layer.name}': 1 = background, 2 = foreground; then "
+            f"{'Update' if self.instant else 'Train & Segment'}."
+        )
+        return layer
+
+    def load_encoder(self) -> None:
+        path = ask_open_model_path(self)
+        if path is None:
+            return
+        try:
+            model = DenoiserModel.load(path)
+        except AesegError as exc:
+            report_failure(exc, "Loading the model")
+            return
+        name = SESSION.add_model(model)
+        self.encoder_combo.setCurrentText(name)
+
+    def save_model(self) -> None:
+        if self._model is None:
+            show_error("There is no segmenter to save yet: fine-tune one first.")
+            return
+        path = ask_save_model_path(self, f"{self._model.name}.aeseg")
+        if path is None:
+            return
+        try:
+            self._model.save(path)
+        except AesegError as exc:
+            report_failure(exc, "Saving the model")
+            return
+        show_info(f"Saved model '{self._model.name}' to {path}")
+
+    def stop(self) -> None:
+        self._job.stop()
+        if self._running:
+            self.status.setText("Stopping...")
+
+    def run(self, *, sync: bool = False, quiet: bool = False) -> None:
+        """Train & segment (or refit the classifier) on the chosen layers."""
+        if self._running:
+            return
+        try:
+            job_args = self._prepare()
+        except AesegError as exc:
+            if quiet and "no pixel is annotated" in str(exc):
+                return  # live update on an empty layer: nothing to say yet
+            self.status.setText(f"Not started: {str(exc).splitlines()[0]}")
+            report_failure(exc, "Segmentation")
+            return
+        gen, total = job_args
+        self._running = True
+        self.progress.setMaximum(max(1, total))
+        self.progress.setValue(0)
+        self._update_buttons()
+        self._worker = start_job(
+            gen,
+            on_yield=self._on_yield,
+            on_return=self._on_return,
+            on_exit=self._job.idle.set,
+            sync=sync,
+        )
+
+    def _prepare(self):
+        """Read the layers (main thread) and build the job; errors are AesegError."""
+        image = self.image_combo.layer()
+        labels_layer = self.labels_combo.layer()
+        if image is None:
+            raise InvalidInputError("choose an image layer first")
+        if labels_layer is None:
+            raise InvalidInputError(
+                "choose a labels layer with scribbles or masks (or press 'New scribble layer')"
+            )
+        data = layer_data(image)
+        axes = check_axes_match(
+            tuple(data.shape), self.axes_edit.text().strip().upper() or guess_layer_axes(image)
+        )
+        want = labels_shape(image, axes)
+        labels = np.array(labels_layer.data)  # a copy: the user may paint on while we work
+        if labels.shape != want:
+            raise InvalidInputError(
+                f"labels layer '{labels_layer.name}' has shape {labels.shape} but image "
+                f"'{image.name}' needs labels of shape {want} (the image without its channel "
+                "axis); press 'New scribble layer' for an empty one"
+            )
+        if not labels.any():
+            raise InvalidInputError(
+                f"no pixel is annotated in '{labels_layer.name}': paint some scribbles first "
+                "(1 = background, 2 = foreground)"
+            )
+        truth_layer = self.truth_combo.layer()
+        truth = np.asarray(truth_layer.data) if truth_layer is not None else None
+        masks = self.kind_combo.currentText() == MASKS
+        target = "instances" if masks else self.target_combo.currentText()
+        device = resolve_device(self.device_combo.device())
+        encoder = self.encoder()
+        denoiser = self.denoiser()
+        self._job = SegmentJob()
+        self._job_ref[0] = self._job
+        names = output_names(image.name)
+        space = label_space(image, axes)
+        self._target = (names, space, target, tuple(labels.shape), axes)
+        self.metrics.setText("")
+        if self.instant:
+            return self._prepare_instant(
+                image, data, labels, truth, axes, encoder, denoiser, device, target, masks
+            )
+        n_classes = None
+        if not masks:
+            n_classes = max(2, int(labels.max())) if target == "semantic" else 2
+        freeze = self.freeze_steps.value()
+        training = {} if freeze < 0 else {"freeze_encoder_steps": freeze}
+        config = make_segmenter_config(
+            tuple(data.shape),
+            encoder=encoder,
+            axes=axes,
+            labels_kind="instances" if masks else "scribbles",
+            target=target,
+            n_classes=n_classes,
+            depth=self.depth.value(),
+            base_channels=self.base_channels.value(),
+            steps=self.steps.value(),
+            batch_size=self.batch_size.value(),
+            patch_size=self.patch_size.value(),
+            learning_rate=self.learning_rate.value(),
+            joint_denoising=self.joint_check.isChecked(),
+            seed=self.seed.value(),
+            **training,
+        )
+        config.postprocess.threshold = self.threshold.value()
+        config.postprocess.min_size = self.min_size.value()
+        name = self._registered_name or f"{image.name}-segmenter"
+        self.status.setText("Preparing the training data...")
+        gen = self._job.fine_tune(
+            image=data,
+            labels=labels,
+            config=config,
+            encoder=encoder,
+            denoiser=denoiser,
+            axes=axes,
+            device=device,
+            name=name,
+            truth=truth,
+            target=target,
+        )
+        return gen, config.training.steps
+
+    def _prepare_instant(
+        self, image, data, labels, truth, axes, encoder, denoiser, device, target, masks
+    ):
+        frame = None
+        frame_axes = axes
+        if "T" in axes:
+            # one frame at a time: the one the viewer shows
+            t_axis = axes.index("T")
+            frame = int(self.viewer.dims.current_step[_world_axis(self.viewer, image, t_axis)])
+            frame = min(max(frame, 0), data.shape[axes.index("T")] - 1)
+            data = np.take(data, frame, axis=axes.index("T"))
+            t_labels = [a for a in axes if a != "C"].index("T")
+            labels = np.take(labels, frame, axis=t_labels)
+            if truth is not None and truth.ndim == len(self._target[3]):
+                truth = np.take(truth, frame, axis=t_labels)
+            frame_axes = axes.replace("T", "")
+            if not labels.any():
+                raise InvalidInputError(
+                    f"no pixel is annotated in frame {frame}: the classifier learns from the "
+                    "frame shown in the viewer; paint scribbles there"
+                )
+        if masks:
+            labels = np.where(labels > 0, 2, 1).astype(np.uint8)
+        key = (
+            id(image.data),
+            tuple(np.shape(data)),
+            frame_axes,
+            frame,
+            id(encoder),
+            id(denoiser),
+            device.type,
+        )
+        features = self._features[1] if self._features and self._features[0] == key else None
+        self._target = (*self._target, frame)
+        self.status.setText(
+            "Fitting..." if features is not None else "Computing features (once per image)..."
+        )
+        gen = self._job.classify(
+            image=data,
+            scribbles=labels,
+            axes=frame_axes,
+            encoder=encoder,
+            denoiser=denoiser,
+            device=device,
+            features=features,
+            features_key=key,
+            target=target,
+            threshold=self.threshold.value(),
+            min_size=self.min_size.value(),
+            truth=truth,
+            frame=frame,
+        )
+        return gen, 3
+
+    # ------------------------------------------------------------------ worker events
+    def _on_yield(self, item) -> None:
+        if isinstance(item, TrainingProgress):
+            self.progress.setFormat("%v / %m steps")
+            self.progress.setMaximum(max(1, item.total_steps))
+            self.progress.setValue(item.step)
+            now = time.monotonic()
+            if now - self._last_status > 0.2 or item.step == item.total_steps:
+                self._last_status = now
+                self.status.setText(
+                    f"Training: {item.steps_per_second:.1f} steps/s · ETA "
+                    f"{format_seconds(item.eta_seconds)} · loss {item.train_loss:.4g}"
+                )
+        elif isinstance(item, TileProgress):
+            self.progress.setFormat("%v / %m tiles")
+            self.progress.setMaximum(max(1, item.total))
+            self.progress.setValue(item.done)
+        elif isinstance(item, Stage):
+            self.status.setText(item.text)
+            if self.instant:
+                self.progress.setFormat("%p%")
+                self.progress.setMaximum(3)
+                self.progress.setValue(min(3, self.progress.value() + 1))
+
+    def _on_return(self, result) -> None:
+        self._running = False
+        self._worker = None
+        try:
+            if isinstance(result, Segmented):
+                self._show(result)
+            elif isinstance(result, Stopped):
+                if result.model is not None:
+                    self._register(result.model)
+                kept = (
+                    f"; model '{result.model.name}' ({result.model.trained_steps} steps) is in "
+                    "the session"
+                    if result.model is not None
+                    else ""
+                )
+                self.status.setText(f"Stopped; no layer was changed{kept}.")
+            elif isinstance(result, Failure):
+                self.status.setText("Failed; no layer was changed.")
+                report_failure(result.error, "Segmentation")
+        finally:
+            self._update_buttons()
+            if self._live_pending:
+                self._live_pending = False
+                self._schedule_live()
+
+    def _show(self, result: Segmented) -> None:
+        names, space, target, full_shape, axes, *rest = self._target
+        frame = rest[0] if rest else None
+        if result.features is not None:
+            self._features = (result.features_key, result.features)
+        if result.model is not None:
+            self._register(result.model)
+        labels, prob, unc = result.labels, result.probability, result.uncertainty
+        if frame is not None:
+            t = [a for a in axes if a != "C"].index("T")
+            labels = _in_frame(
+                self.viewer, Labels, names[0], labels, frame, t, full_shape, labels.dtype
+            )
+            lead = prob.ndim - unc.ndim  # the class axis of a semantic stack
+            prob = _in_frame(
+                self.viewer,
+                Image,
+                names[1],
+                prob,
+                frame,
+                t + lead,
+                prob.shape[:lead] + full_shape,
+                np.float32,
+            )
+            unc = _in_frame(self.viewer, Image, names[2], unc, frame, t, full_shape, np.float32)
+        prob_space = space
+        if prob.ndim > len(space["scale"]):  # one plane per class in front
+            prob_space = {
+                "scale": (1.0, *space["scale"]),
+                "translate": (0.0, *space["translate"]),
+            }
+        _put(
+            self.viewer,
+            Image,
+            names[1],
+            prob,
+            prob_space,
+            colormap="magma",
+            contrast_limits=(0.0, 1.0),
+            blending="additive",
+            visible=False,
+        )
+        _put(
+            self.viewer,
+            Image,
+            names[2],
+            unc,
+            space,
+            colormap="inferno",
+            contrast_limits=(0.0, 1.0),
+            blending="additive",
+            visible=False,
+        )
+        layer = _put(self.viewer, Labels, names[0], labels, space, opacity=0.5)
+        labels_layer = self.labels_combo.layer()
+        if labels_layer is not None:  # keep painting where the user was
+            self.viewer.layers.selection.active = labels_layer
+        n = int(len(np.unique(result.labels)) - (result.labels == 0).any())
+        what = "objects" if target == "instances" else "classes"
+        where = f" in frame {frame}" if frame is not None else ""
+        self.progress.setValue(self.progress.maximum())
+        self.status.setText(f"Done: {n} {what}{where} in '{layer.name}'.")
+        scores = result.scores
+        if isinstance(scores, AesegError):
+            self.metrics.setText(f"Ground truth not scored: {scores}")
+        elif scores is not None:
+            self.metrics.setText(
+                f"AP@0.5 {scores.ap:.3f} · F1 {scores.f1:.3f} · mean IoU "
+                f"{scores.mean_matched_iou:.3f} · pixel IoU {scores.pixel_iou:.3f} "
+                f"({scores.n_pred} predicted, {scores.n_true} true)"
+            )
+
+    def _register(self, model: SegmenterModel) -> None:
+        if self._registered_name is None or self._registered_name not in SESSION:
+            self._registered_name = SESSION.add_model(model)
+        else:
+            model.name = self._registered_name
+            SESSION.add_model(model, replace=True)
+        self._model = model
+        self.model_info.setText(model.describe())
+        self.model_info.setToolTip("In the session: Save model writes it to a file")
+
+    def _on_undocked(self) -> None:
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        self._live_timer.stop()
+        self._disconnect_live()
+        self._job.shutdown()
+
+    def closeEvent(self, event) -> None:  # noqa: N802 (Qt name)
+        self._shutdown()
+        super().closeEvent(event)
+
+
+def _world_axis(viewer, layer, data_axis: int) -> int:
+    """The viewer dimension that shows ``data_axis`` of ``layer`` (layers align to the end)."""
+    return viewer.dims.ndim - layer.ndim + data_axis
+
+
+def _is_output_name(name: str) -> bool:
+    return name.endswith((" segmentation",))
+
+
+def _spin(lo: int, hi: int, value: int, *, step: int = 1, tip: str = "") -> QSpinBox:
+    box = QSpinBox()
+    box.setRange(lo, hi)
+    box.setSingleStep(step)
+    box.setValue(value)
+    if tip:
+        box.setToolTip(tip)
+    return box
+
+
+def _combo(items: list[str]) -> QComboBox:
+    box = QComboBox()
+    box.addItems(items)
+    return box
