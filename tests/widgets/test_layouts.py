@@ -60,6 +60,8 @@ def test_dask_time_series(viewer_with_widgets):
     denoise.run(sync=True)
     out = viewer.layers[output_name("movie", train.model.name)]
     assert isinstance(out.data, np.ndarray) and out.data.shape == (4, 64, 64)
+    assert denoise.axes_edit.text() == "TYX", "a new layer in the list keeps the user's axes"
+    assert denoise.layer_combo.currentText() == "movie"
 
 
 def test_2d_model_on_a_stack_goes_slice_by_slice(viewer_with_widgets, nuclei, errors):

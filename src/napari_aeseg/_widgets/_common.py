@@ -257,7 +257,8 @@ class ImageLayerCombo(_FollowsLayers, QComboBox):
         elif isinstance(active, Image):
             self.setCurrentText(active.name)
         self.blockSignals(False)
-        self.layer_changed.emit()
+        if self.currentText() != current:  # not on every change of the layer list
+            self.layer_changed.emit()
 
     def layer(self) -> Image | None:
         name = self.currentText()

@@ -182,16 +182,23 @@ class DenoiseWidget(StopsWhenUndocked, QWidget):
         elif current in names:
             self.model_combo.setCurrentText(current)
         self.model_combo.blockSignals(False)
-        self._on_model_changed()
+        if self.model_combo.currentText() != current:
+            self._on_model_changed()
+        else:  # the same name, perhaps a newer version of it: keep the user's axes
+            self._show_model_info()
+            self._update_buttons()
 
     def _on_model_changed(self, *_) -> None:
+        self._show_model_info()
+        self._update_axes()
+        self._update_buttons()
+
+    def _show_model_info(self) -> None:
         model = self.model()
         self.model_info.setText(
             short_description(model) if model else "No model yet: train one or load a file."
         )
         self.model_info.setToolTip(model.describe() if model else "")
-        self._update_axes()
-        self._update_buttons()
 
     def _update_axes(self) -> None:
         layer = self.layer_combo.layer()

@@ -1,0 +1,256 @@
+"""The Segment widget in a real viewer: scribbles -> labels, probability and uncertainty."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from napari.layers import Image, Labels
+
+from napari_aeseg._widgets.segment import FINE_TUNE, INSTANT, output_names
+from napari_aeseg.core.metrics import score_instances
+from napari_aeseg.core.noise import add_noise
+from napari_aeseg.core.segmenter import SegmenterModel
+from napari_aeseg.core.synthetic import synthetic_nuclei
+from napari_aeseg.core.training import train_denoiser
+from napari_aeseg.demo import simulated_scribbles
+
+from .conftest import wait_idle
+
+SEG_NAME, PROB_NAME, UNC_NAME = output_names("noisy")
+#: a segmenter of a few thousand parameters; 2 shared CPU cores
+TINY_SEG = {
+    "mode": FINE_TUNE,
+    "steps": 60,
+    "batch_size": 4,
+    "patch_size": 32,
+    "learning_rate": 3e-3,
+    "base_channels": 8,
+    "device": "cpu",
+}
+
+
+@pytest.fixture(scope="module")
+def cells():
+    """Synthetic nuclei (128 x 128), a noisy copy and simulated scribbles on 3% of pixels."""
+    s = synthetic_nuclei((128, 128), seed=3)
+    noisy = add_noise(s.clean, gaussian=0.15, seed=4, value_range=(0.0, 1.0))
+    return noisy, s.labels, simulated_scribbles(s.labels, fraction=0.03, seed=0)
+
+
+@pytest.fixture(scope="module")
+def tiny_denoiser(cells):
+    return train_denoiser(
+        cells[0],
+        mode="n2v",
+        steps=30,
+        depth=2,
+        base_channels=8,
+        patch_size=32,
+        batch_size=4,
+        learning_rate=3e-3,
+        device="cpu",
+    )
+
+
+@pytest.fixture
+def shown(monkeypatch):
+    """Messages shown with napari's show_error by the Segment widget and the shared helpers."""
+    messages: list[str] = []
+    for module in ("_common", "segment"):
+        monkeypatch.setattr(f"napari_aeseg._widgets.{module}.show_error", messages.append)
+    return messages
+
+
+@pytest.fixture
+def segment_viewer(make_napari_viewer, cells):
+    """A viewer with the noisy image (scaled, shifted), its ground truth and the widget."""
+    noisy, truth, _ = cells
+    viewer = make_napari_viewer()
+    viewer.add_image(noisy, name="noisy", scale=(0.5, 0.25), translate=(10.0, -4.0))
+    viewer.add_labels(truth, name="truth", scale=(0.5, 0.25), translate=(10.0, -4.0))
+    _, widget = viewer.window.add_plugin_dock_widget("napari-aeseg", "Segment")
+    widget.set_options(image="noisy", device="cpu")
+    return viewer, widget
+
+
+def paint(viewer, widget, scribbles) -> Labels:
+    layer = widget.new_scribble_layer()
+    layer.data = scribbles
+    return layer
+
+
+def test_new_scribble_layer_overlays_the_image(segment_viewer):
+    viewer, widget = segment_viewer
+    layer = widget.new_scribble_layer()
+    assert isinstance(layer, Labels) and layer.name == "noisy scribbles"
+    assert layer.data.shape == (128, 128) and not layer.data.any()
+    np.testing.assert_allclose(layer.scale, (0.5, 0.25))
+    np.testing.assert_allclose(layer.translate, (10.0, -4.0))
+    # the widget sees napari's public-only proxies of the layers: compare names
+    assert viewer.layers.selection.active.name == layer.name
+    assert layer.mode == "paint" and layer.selected_label == 2
+    assert widget.labels_combo.currentText() == "noisy scribbles"
+    assert "1 = background" in widget.hint.text() and "2 = foreground" in widget.hint.text()
+
+
+def test_instant_classifier_then_more_scribbles_updates_the_same_layers(
+    qtbot, segment_viewer, cells
+):
+    viewer, widget = segment_viewer
+    noisy, truth, scribbles = cells
+    scribble_layer = paint(viewer, widget, scribbles)
+    widget.set_options(mode=INSTANT, ground_truth="truth")
+    assert widget.run_button.text() == "Update"
+
+    widget.run_button.click()
+    assert widget.running
+    wait_idle(qtbot, widget, timeout=60_000)
+    seg = viewer.layers[SEG_NAME]
+    assert isinstance(seg, Labels) and seg.data.shape == truth.shape
+    np.testing.assert_allclose(seg.scale, (0.5, 0.25))
+    np.testing.assert_allclose(seg.translate, (10.0, -4.0))
+    first = np.array(seg.data)
+    iou = score_instances(truth, first).pixel_iou
+    print(f"instant classifier: pixel IoU {iou:.3f}, {first.max()} objects")
+    assert iou > 0.6
+    unc = viewer.layers[UNC_NAME]
+    assert isinstance(unc, Image) and unc.data.shape == truth.shape
+    assert 0.0 <= unc.data.min() and unc.data.max() <= 1.0 and unc.data.max() > 0.1
+    prob = viewer.layers[PROB_NAME]
+    assert prob.data.shape == truth.shape and prob.data.dtype == np.float32
+    assert "AP@0.5" in widget.metrics.text() and "pixel IoU" in widget.metrics.text()
+    assert widget._features is not None, "features are cached for the next refit"
+
+    # more scribbles: the same three layers are updated, nothing is added
+    n_layers = len(viewer.layers)
+    more = simulated_scribbles(truth, fraction=0.03, seed=1)
+    scribble_layer.data = np.maximum(scribbles, more)
+    widget.run_button.click()
+    wait_idle(qtbot, widget, timeout=60_000)
+    assert len(viewer.layers) == n_layers
+    assert viewer.layers[SEG_NAME] is seg and viewer.layers[UNC_NAME] is unc
+    assert not np.array_equal(seg.data, first)
+    assert [ly.name for ly in viewer.layers].count(SEG_NAME) == 1
+
+
+def test_live_update_refits_after_a_paint_stroke(qtbot, segment_viewer, cells):
+    viewer, widget = segment_viewer
+    _, truth, scribbles = cells
+    layer = paint(viewer, widget, scribbles)
+    widget.set_options(mode=INSTANT, live=True)
+    qtbot.waitUntil(lambda: SEG_NAME in viewer.layers, timeout=60_000)
+    wait_idle(qtbot, widget, timeout=60_000)
+    seg = viewer.layers[SEG_NAME]
+    before = np.array(seg.data)
+
+    # a brush stroke of background across objects, as the paint tool makes it
+    ys, xs = np.nonzero(truth > 0)
+    layer.selected_label = 1
+    layer.brush_size = 9
+    for y, x in list(zip(ys, xs, strict=True))[:: max(1, len(ys) // 12)]:
+        layer.paint((y, x), 1)
+    qtbot.waitUntil(lambda: not np.array_equal(seg.data, before), timeout=60_000)
+    wait_idle(qtbot, widget, timeout=60_000)
+    assert viewer.layers[SEG_NAME] is seg
+    assert (seg.data > 0).sum() < (before > 0).sum(), "painted background shrinks the objects"
+
+
+def test_fine_tune_with_session_encoder_and_ground_truth(
+    qtbot, segment_viewer, cells, tiny_denoiser, empty_session, tmp_path, monkeypatch
+):
+    viewer, widget = segment_viewer
+    _, truth, scribbles = cells
+    empty_session.add_model(tiny_denoiser)
+    assert widget.encoder_combo.currentText() == tiny_denoiser.name
+    paint(viewer, widget, scribbles)
+    widget.set_options(ground_truth="truth", **TINY_SEG)
+    assert widget.run_button.text() == "Train && Segment"
+
+    widget.run_button.click()
+    wait_idle(qtbot, widget, timeout=120_000)
+    seg = viewer.layers[SEG_NAME]
+    scores = score_instances(truth, np.asarray(seg.data))
+    print(f"fine-tuned: {scores.summary()}")
+    assert scores.ap > 0
+    assert widget.metrics.text().startswith("AP@0.5")
+    model = widget.model
+    assert isinstance(model, SegmenterModel) and model.trained_steps == 60
+    assert model.config.encoder.name == tiny_denoiser.name
+    assert empty_session.get(model.name) is model
+    assert widget.encoder_combo.findText(model.name) < 0, "a segmenter is no encoder"
+
+    path = tmp_path / "seg.aeseg"
+    monkeypatch.setattr("napari_aeseg._widgets.segment.ask_save_model_path", lambda *a: path)
+    widget.save_button.click()
+    assert path.is_file() and SegmenterModel.load(path).trained_steps == 60
+
+
+@pytest.mark.parametrize("problem", ["shape", "empty", "one class"])
+def test_bad_labels_are_reported_and_add_no_layer(qtbot, segment_viewer, cells, shown, problem):
+    viewer, widget = segment_viewer
+    _, truth, scribbles = cells
+    if problem == "shape":
+        layer = viewer.add_labels(np.zeros((64, 64), np.uint8), name="small")
+        layer.data[5:9, 5:9] = 1
+        layer.data[20:24, 20:24] = 2
+        widget.set_options(labels="small")
+    else:
+        layer = widget.new_scribble_layer()
+        if problem == "one class":
+            layer.data = np.where(scribbles == 2, 2, 0).astype(np.uint8)
+    names = [ly.name for ly in viewer.layers]
+
+    for mode in (INSTANT, FINE_TUNE):
+        shown.clear()
+        widget.set_options(mode=mode, **({} if mode == INSTANT else TINY_SEG))
+        widget.run_button.click()
+        wait_idle(qtbot, widget, timeout=60_000)
+        assert len(shown) == 1, (mode, shown)
+        message = shown[0]
+        assert "\n" not in message
+        expected = {"shape": "shape (64, 64)", "empty": "no pixel", "one class": "only label 2"}
+        assert expected[problem] in message, message
+        assert [ly.name for ly in viewer.layers] == names
+
+
+def test_stop_ends_a_fine_tune_run_within_a_second(qtbot, segment_viewer, cells, empty_session):
+    viewer, widget = segment_viewer
+    paint(viewer, widget, cells[2])
+    widget.set_options(**{**TINY_SEG, "steps": 100_000})
+    widget.run_button.click()
+    qtbot.waitUntil(lambda: widget.progress.value() >= 3, timeout=60_000)
+
+    t0 = time.perf_counter()
+    widget.stop_button.click()
+    wait_idle(qtbot, widget, timeout=5_000)
+    stop_s = time.perf_counter() - t0
+    print(f"Stop took {stop_s * 1000:.0f} ms")
+    assert stop_s < 1.0
+    assert SEG_NAME not in viewer.layers
+    assert widget.model is not None and 3 <= widget.model.trained_steps < 100_000
+    assert widget.model.name in empty_session
+    assert widget.run_button.isEnabled() and not widget.stop_button.isEnabled()
+
+
+def test_time_series_classifies_the_frame_shown(qtbot, make_napari_viewer, cells):
+    noisy, truth, scribbles = cells
+    movie = np.stack([np.roll(noisy, 7 * t, axis=1) for t in range(3)])[:, :64, :64]
+    viewer = make_napari_viewer()
+    viewer.add_image(movie, name="movie")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-aeseg", "Segment")
+    widget.set_options(image="movie", axes="TYX", mode=INSTANT)
+    layer = widget.new_scribble_layer()
+    assert layer.data.shape == movie.shape
+    data = np.zeros(movie.shape, np.uint8)
+    data[1] = np.roll(scribbles, 7, axis=1)[:64, :64]
+    layer.data = data
+    viewer.dims.set_current_step(0, 1)
+
+    widget.run_button.click()
+    wait_idle(qtbot, widget, timeout=60_000)
+    seg = viewer.layers["movie segmentation"]
+    assert seg.data.shape == movie.shape
+    assert seg.data[1].any() and not seg.data[0].any() and not seg.data[2].any()
+    assert "frame 1" in widget.status.text()
