@@ -144,3 +144,18 @@ def test_zarr_writer_replaces_an_existing_store(tmp_path):
     back = zarr.open_group(str(path), mode="r")["0"][:]
     assert back.shape == (12, 8) and (back == 7).all()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["seg.zarr"]
+
+
+def test_denoise_offers_only_denoisers(make_napari_viewer, model_file, empty_session):
+    from napari_aeseg.api import load_model
+
+    class Segmenter:  # the session also holds segmenters of the Segment widget
+        kind = "segmenter"
+        name = "seg"
+
+    empty_session.add_model(Segmenter())
+    viewer = make_napari_viewer()
+    _, denoise = viewer.window.add_plugin_dock_widget("napari-aeseg", "Denoise")
+    assert denoise.model_names() == [] and not denoise.run_button.isEnabled()
+    empty_session.add_model(load_model(model_file))
+    assert denoise.model_names() == ["dropped"]

@@ -77,6 +77,11 @@ def parse_tiling(text: str, name: str) -> str | tuple[int, ...]:
     return values
 
 
+def denoiser_names() -> list[str]:
+    """The session's denoisers (it also holds segmenters, which are not offered here)."""
+    return [n for n in SESSION.names() if isinstance(SESSION.get(n), DenoiserModel)]
+
+
 def output_name(layer_name: str, model_name: str) -> str:
     return f"{layer_name} denoised ({model_name})"
 
@@ -165,13 +170,14 @@ class DenoiseWidget(StopsWhenUndocked, QWidget):
 
     def model(self) -> DenoiserModel | None:
         name = self.model_combo.currentText()
-        return SESSION.get(name) if name in SESSION else None
+        model = SESSION.get(name) if name in SESSION else None
+        return model if isinstance(model, DenoiserModel) else None
 
     def model_names(self) -> list[str]:
         return [self.model_combo.itemText(i) for i in range(self.model_combo.count())]
 
     def _on_session_changed(self, name: str) -> None:
-        names = SESSION.names()
+        names = denoiser_names()
         current = self.model_combo.currentText()
         added = name if name in names and name not in self.model_names() else None
         self.model_combo.blockSignals(True)

@@ -1,16 +1,16 @@
 """The models of this napari session, shared by all napari-aeseg widgets.
 
-A model trained in the *Train denoiser* widget, loaded from a file, or dropped on the viewer
-(the ``.aeseg`` reader) is registered in :data:`SESSION` under its name; the other widgets
-list :meth:`ModelSession.names` and refresh when :attr:`ModelSession.changed` fires.
+A model trained in a widget, loaded from a file, or dropped on the viewer (the ``.aeseg``
+reader) is registered in :data:`SESSION` under its name; the widgets list the models of the
+kind they use (denoisers, segmenters) and refresh when :attr:`ModelSession.changed` fires.
 Nothing here imports Qt: :mod:`psygnal` signals work with or without a GUI.
 """
 
 from __future__ import annotations
 
-from psygnal import Signal
+from typing import Any
 
-from ..core.denoiser import DenoiserModel
+from psygnal import Signal
 
 
 class ModelSession:
@@ -22,9 +22,9 @@ class ModelSession:
     changed = Signal(str)
 
     def __init__(self) -> None:
-        self._models: dict[str, DenoiserModel] = {}
+        self._models: dict[str, Any] = {}
 
-    def add_model(self, model: DenoiserModel, *, replace: bool = False) -> str:
+    def add_model(self, model: Any, *, replace: bool = False) -> str:
         """Register ``model`` and return the name it is known by.
 
         A different model with the same name is kept: the new one is renamed ``name-2``,
@@ -43,7 +43,7 @@ class ModelSession:
         self.changed.emit(name)
         return name
 
-    def get(self, name: str) -> DenoiserModel:
+    def get(self, name: str) -> Any:
         """The model registered as ``name``; ``KeyError`` lists the known names."""
         try:
             return self._models[name]
@@ -54,7 +54,7 @@ class ModelSession:
     def names(self) -> list[str]:
         return list(self._models)
 
-    def models(self) -> list[DenoiserModel]:
+    def models(self) -> list[Any]:
         return list(self._models.values())
 
     def remove(self, name: str) -> None:

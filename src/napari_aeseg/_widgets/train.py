@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from napari.layers import Image
@@ -65,15 +66,17 @@ NOISE_DEFAULTS = {
     "salt_pepper": (0.01, 0.001, 1.0),
 }
 PREVIEW_PLANE = 256
+PREVIEW_PLANE_3D = 128
 PREVIEW_DEPTH = 32
 
 
 # --------------------------------------------------------------------------- worker side
 @dataclass(frozen=True)
 class Ready:
-    """The trainer is built; training starts now."""
+    """The trainer is built; training starts now. ``preview``: the input crop, read."""
 
     device: str
+    preview: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,7 @@ class Trained:
 class PreviewRegion:
     """A small crop of an input image to denoise now and then, and where it sits."""
 
-    image: np.ndarray
+    image: Any  # numpy, or lazy (dask, zarr) until the worker reads it
     axes: str
     layer_name: str
     metadata: dict
@@ -130,12 +133,14 @@ class TrainingJob:
         engine's message instead of a traceback.
         """
         try:
+            # lazy (dask, zarr) data is read here, in the worker
+            crop = None if preview is None else np.asarray(preview.image)
             if self.trainer is None:
-                arrays = [np.asarray(im) for im in images]  # lazy (dask) data is read here
+                arrays = [np.asarray(im) for im in images]
                 self.trainer = DenoiserTrainer(
                     arrays, config, device=device, model=model, name=name
                 )
-                yield Ready(describe_device(self.trainer.device))
+                yield Ready(describe_device(self.trainer.device), crop)
             trainer = self.trainer
             if more_steps and trainer.step >= trainer.total_steps:
                 trainer.extend(more_steps)
@@ -154,7 +159,7 @@ class TrainingJob:
                     and not self.stop_requested.is_set()
                 ):
                     best = trainer.result()
-                    out = best.denoise(preview.image, axes=preview.axes, device=trainer.device)
+                    out = best.denoise(crop, axes=preview.axes, device=trainer.device)
                     yield Preview(progress.step, out)
         except Exception as exc:  # noqa: BLE001 - handed to the widget, which reports it
             return Failure(exc)
@@ -163,9 +168,13 @@ class TrainingJob:
 
 
 def preview_region(layer: Image, data, axes: str, viewer) -> PreviewRegion:
-    """A centre crop (at most 256x256, 32 deep in 3D) of the slice the viewer shows."""
+    """A centre crop (256x256; 32x128x128 in 3D) of the slice the viewer shows.
+
+    The crop stays lazy for lazy data: the worker reads it.
+    """
     shape = tuple(data.shape)
     spatial = "ZYX" if "Z" in axes else "YX"
+    plane = PREVIEW_PLANE_3D if "Z" in axes else PREVIEW_PLANE
     try:
         point = np.asarray(layer.world_to_data(viewer.dims.point), float)
     except (ValueError, IndexError, TypeError):
@@ -174,7 +183,7 @@ def preview_region(layer: Image, data, axes: str, viewer) -> PreviewRegion:
     for i, axis in enumerate(axes):
         n = shape[i]
         if axis in spatial:
-            size = min(n, PREVIEW_DEPTH if axis == "Z" else PREVIEW_PLANE)
+            size = min(n, PREVIEW_DEPTH if axis == "Z" else plane)
             centre = n // 2 if axis != "Z" or i >= len(point) else int(round(point[i]))
             start = int(np.clip(centre - size // 2, 0, n - size))
             slices.append(slice(start, start + size))
@@ -185,7 +194,7 @@ def preview_region(layer: Image, data, axes: str, viewer) -> PreviewRegion:
             start = int(np.clip(round(point[i]) if i < len(point) else 0, 0, n - 1))
             slices.append(slice(start, start + 1))
         offset.append(start)
-    crop = np.asarray(data[tuple(slices)])
+    crop = data[tuple(slices)]
     meta = shifted_metadata(spatial_metadata(layer), offset[: layer.ndim])
     display = {
         "rgb": layer.rgb,
@@ -689,19 +698,19 @@ class TrainDenoiserWidget(StopsWhenUndocked, QWidget):
             self._show_preview(item)
         elif isinstance(item, Ready):
             self.status.setText(f"Training on {item.device}...")
-            self._create_preview_layer()
+            self._create_preview_layer(item.preview)
 
-    def _create_preview_layer(self) -> None:
+    def _create_preview_layer(self, crop: np.ndarray | None) -> None:
         """Add the preview layer now, showing the input crop itself (so nothing changes on
         screen): adding a layer stalls the main thread far longer than updating one, and
         this way that happens when the user presses Start, not in the middle of training."""
         region = self._preview_region
-        if region is None or f"{region.layer_name} preview" in self.viewer.layers:
+        if region is None or crop is None or f"{region.layer_name} preview" in self.viewer.layers:
             return
         show_result_layer(
             self.viewer,
             f"{region.layer_name} preview",
-            region.image.astype(np.float32),
+            crop.astype(np.float32),
             region.metadata,
             region.display,
         )
