@@ -159,3 +159,17 @@ def test_denoise_offers_only_denoisers(make_napari_viewer, model_file, empty_ses
     assert denoise.model_names() == [] and not denoise.run_button.isEnabled()
     empty_session.add_model(load_model(model_file))
     assert denoise.model_names() == ["dropped"]
+
+
+def test_a_model_added_before_docking_is_ready(make_napari_viewer, model_file, empty_session):
+    """What ``aeseg demo`` does: register a model, then dock Denoise through the manifest."""
+    from napari_aeseg._widgets.session import SESSION
+    from napari_aeseg.api import load_model
+
+    SESSION.add_model(load_model(model_file))
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((32, 32), np.float32), name="img")
+    _, denoise = viewer.window.add_plugin_dock_widget("napari-aeseg", "Denoise")
+    assert denoise.model_combo.currentText() == "dropped"
+    assert denoise.layer_combo.currentText() == "img"
+    assert denoise.run_button.isEnabled()
