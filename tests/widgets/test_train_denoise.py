@@ -259,3 +259,38 @@ def test_closing_the_dock_widget_stops_training(qtbot, viewer_with_widgets):
     viewer.window.remove_dock_widget(train)  # what the dock's close button does
     assert holder.job.idle.is_set(), "the worker ended before the widget went away"
     assert holder.job.trainer.step < 100_000
+
+
+def test_gui_options_reach_the_config(viewer_with_widgets):
+    _, train, _ = viewer_with_widgets()
+    assert train.advanced.isExpanded() is False, "rarely changed options start collapsed"
+    assert not train.noise_row.isVisibleTo(train)
+    train.set_options(
+        mode="dae",
+        noise="poisson:20",
+        steps=3,
+        depth=2,
+        base_channels=8,
+        optimizer="adamw",
+        loss="l1",
+        scheduler="constant",
+        val_fraction=0.2,
+        seed=7,
+        name="my model",
+        preview=False,
+    )
+    assert train.noise_row.isVisibleTo(train)
+    train.start(sync=True)
+    config = train.model.config
+    assert train.model.name == "my model"
+    assert config.mode == "dae" and [str(n) for n in config.noise] == ["poisson:20"]
+    assert config.architecture.depth == 2 and config.architecture.base_channels == 8
+    t = config.training
+    assert (t.optimizer, t.loss, t.scheduler, t.val_fraction, t.seed) == (
+        "adamw",
+        "l1",
+        "constant",
+        0.2,
+        7,
+    )
+    assert (t.steps, t.patch_size, t.batch_size) == (3, 32, 4)
