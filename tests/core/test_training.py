@@ -149,3 +149,18 @@ def test_model_refuses_wrong_dims_and_channels(nuclei_2d, nuclei_3d, tiny):
         model.denoise(np.zeros((32, 32, 3), np.float32), axes="YXC")
     # the hint works: slice by slice
     assert model.denoise(nuclei_3d[1][:2], axes="SYX", device="cpu").shape == (2, 64, 64)
+
+
+def test_stop_before_run_is_kept_and_best_model_is_cheap(nuclei_2d, tiny):
+    _, noisy, _ = nuclei_2d
+    trainer = DenoiserTrainer(
+        [noisy], make_denoiser_config(noisy.shape, steps=4, **tiny), device="cpu"
+    )
+    trainer.stop()
+    with pytest.raises(TrainingCancelled):
+        list(trainer.run())  # stopped before the first step: nothing to return
+    assert trainer.step == 0
+    steps = [p.step for p in trainer.run()]  # the stop applied to that run only
+    assert steps == [1, 2, 3, 4]
+    preview = trainer.best_model()
+    assert preview.optimizer_state is None and preview.trained_steps == 4

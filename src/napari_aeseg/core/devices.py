@@ -16,16 +16,27 @@ _threads_configured = False
 
 
 def _configure_cpu_threads() -> None:
-    """Use every core the process may run on (torch defaults to physical cores only)."""
+    """Use every core the process may run on (torch defaults to physical cores only).
+
+    A thread count the user chose wins: ``OMP_NUM_THREADS`` or ``AESEG_NUM_THREADS`` in the
+    environment, or a ``torch.set_num_threads`` call made before.
+    """
     global _threads_configured
     if _threads_configured:
+        return
+    _threads_configured = True
+    chosen = os.environ.get("AESEG_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS")
+    if chosen:
+        try:
+            torch.set_num_threads(max(1, int(chosen)))
+        except ValueError:
+            pass
         return
     try:
         n = len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
         n = os.cpu_count() or 1
     torch.set_num_threads(max(1, n))
-    _threads_configured = True
 
 
 def mps_available() -> bool:
@@ -85,5 +96,6 @@ def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
     if device.type == "cpu":
-        return f"cpu ({torch.get_num_threads()} threads)"
+        n = torch.get_num_threads()
+        return f"cpu ({n} thread{'s' if n != 1 else ''})"
     return device.type

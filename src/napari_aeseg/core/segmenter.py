@@ -554,7 +554,6 @@ class SegmenterTrainer:
         return loss
 
     def run(self) -> Generator[TrainingProgress, None, SegmenterModel]:
-        self._stop = False
         t = self.config.training
         self.network.train()
         started = time.perf_counter()
@@ -589,6 +588,7 @@ class SegmenterTrainer:
                 steps_per_second=rate,
                 eta_seconds=(t.steps - self.step) / rate if rate > 0 else math.inf,
             )
+        self._stop = False
         return self.result()
 
     def result(self) -> SegmenterModel:

@@ -243,7 +243,6 @@ class DenoiserTrainer:
         Yields a :class:`TrainingProgress` per step; returns the model with the best
         validated weights.
         """
-        self._stop = False
         t = self.config.training
         interval = t.val_interval or max(1, min(250, t.steps // 10))
         self.network.train()
@@ -295,7 +294,19 @@ class DenoiserTrainer:
                 steps_per_second=rate,
                 eta_seconds=(t.steps - self.step) / rate if rate > 0 else math.inf,
             )
+        # a stop ends this run only (also one asked for before it started); Continue runs again
+        self._stop = False
         return self.result()
+
+    def best_model(self) -> DenoiserModel:
+        """The best validated weights so far, without optimiser state (cheap, for previews)."""
+        network = build_network(self.config.architecture)
+        network.load_state_dict(
+            self.best_state if not math.isinf(self.best_val) else self.network.state_dict()
+        )
+        return DenoiserModel(
+            config=self.config, network=network.eval(), name=self.name, trained_steps=self.step
+        )
 
     def result(self) -> DenoiserModel:
         """The model with the best validated weights (the last ones if none was validated)."""
