@@ -255,3 +255,31 @@ def test_time_series_classifies_the_frame_shown(qtbot, make_napari_viewer, cells
     assert seg.data.shape == movie.shape
     assert seg.data[1].any() and not seg.data[0].any() and not seg.data[2].any()
     assert "frame 1" in widget.status.text()
+
+
+def test_semantic_classes_then_instances_reuse_the_output_layers(qtbot, segment_viewer, cells):
+    viewer, widget = segment_viewer
+    _, truth, scribbles = cells
+    paint(viewer, widget, scribbles)
+    widget.set_options(mode=INSTANT, target="semantic")
+    widget.run_button.click()
+    wait_idle(qtbot, widget, timeout=60_000)
+    seg, prob = viewer.layers[SEG_NAME], viewer.layers[PROB_NAME]
+    assert set(np.unique(seg.data)) == {1, 2}
+    assert ((seg.data == 2) == (truth > 0)).mean() > 0.9
+    # all classes as a stack, one plane per class in front of the image axes
+    assert prob.data.shape == (2, *truth.shape)
+    np.testing.assert_allclose(prob.scale, (1.0, 0.5, 0.25))
+    np.testing.assert_allclose(prob.data.sum(axis=0), 1.0, atol=1e-5)
+    # classes in the scribble colours
+    np.testing.assert_allclose(
+        seg.colormap.map(2)[:3], viewer.layers["noisy scribbles"].colormap.map(2)[:3]
+    )
+
+    n_layers = len(viewer.layers)
+    widget.set_options(target="instances")
+    widget.run_button.click()
+    wait_idle(qtbot, widget, timeout=60_000)
+    assert len(viewer.layers) == n_layers
+    assert viewer.layers[SEG_NAME] is seg and seg.data.max() > 2
+    assert viewer.layers[PROB_NAME].data.shape == truth.shape

@@ -75,6 +75,20 @@ NO_TRUTH = "none"
 SCRIBBLES = "scribbles"
 MASKS = "instance masks"
 LIVE_DELAY_MS = 300
+#: scribble and class colours: background (1) bright on dark images too, unlike napari's
+#: default for label 1; further classes stay distinct; anything higher is white
+CLASS_COLORS = {
+    None: "white",
+    0: "transparent",
+    1: "#ff9f1c",
+    2: "#2ec4ff",
+    3: "#ff4fd8",
+    4: "#9bff4f",
+    5: "#ffe14f",
+    6: "#a47bff",
+    7: "#ff4f4f",
+    8: "#4fffb0",
+}
 
 
 # --------------------------------------------------------------------------- worker side
@@ -406,8 +420,8 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         row.addWidget(self.new_scribbles_button)
         form.addRow("Labels", labels_row)
         self.hint = QLabel(
-            "Paint 1 = background, 2 = foreground (semantic: 3, 4... more classes); "
-            "0 = not annotated."
+            "Paint 1 = background (orange), 2 = foreground (cyan); semantic: 3, 4... more "
+            "classes; 0 = not annotated."
         )
         self.hint.setWordWrap(True)
         form.addRow(self.hint)
@@ -736,6 +750,7 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         layer = self.viewer.add_labels(
             np.zeros(labels_shape(image, axes), np.uint8),
             name=f"{image.name} scribbles",
+            colormap=class_colormap(),
             **label_space(image, axes),
         )
         self.labels_combo.setCurrentText(layer.name)
@@ -1047,6 +1062,7 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
             visible=False,
         )
         layer = _put(self.viewer, Labels, names[0], labels, space, opacity=0.5)
+        _class_or_object_colors(layer, semantic=target == "semantic")
         labels_layer = self.labels_combo.layer()
         if labels_layer is not None:  # keep painting where the user was
             self.viewer.layers.selection.active = labels_layer
@@ -1086,6 +1102,24 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt name)
         self._shutdown()
         super().closeEvent(event)
+
+
+def class_colormap():
+    """Label colours of scribbles and semantic classes (see :data:`CLASS_COLORS`)."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    return DirectLabelColormap(color_dict=CLASS_COLORS)
+
+
+def _class_or_object_colors(layer: Labels, *, semantic: bool) -> None:
+    """Classes in the scribble colours; objects in napari's cycling colours."""
+    from napari.utils.colormaps import DirectLabelColormap, label_colormap
+
+    ours = isinstance(layer.colormap, DirectLabelColormap)
+    if semantic and not ours:
+        layer.colormap = class_colormap()
+    elif not semantic and ours:
+        layer.colormap = label_colormap()
 
 
 def _world_axis(viewer, layer, data_axis: int) -> int:
