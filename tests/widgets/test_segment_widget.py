@@ -181,6 +181,7 @@ def test_fine_tune_with_session_encoder_and_ground_truth(
     assert model.config.encoder.name == tiny_denoiser.name
     assert empty_session.get(model.name) is model
     assert widget.encoder_combo.findText(model.name) < 0, "a segmenter is no encoder"
+    assert widget.progress.text() == "60 / 60 steps"
 
     path = tmp_path / "seg.aeseg"
     monkeypatch.setattr("napari_aeseg._widgets.segment.ask_save_model_path", lambda *a: path)
@@ -283,3 +284,24 @@ def test_semantic_classes_then_instances_reuse_the_output_layers(qtbot, segment_
     assert len(viewer.layers) == n_layers
     assert viewer.layers[SEG_NAME] is seg and seg.data.max() > 2
     assert viewer.layers[PROB_NAME].data.shape == truth.shape
+
+
+def test_instant_on_encoder_features_of_the_denoised_image(
+    qtbot, segment_viewer, cells, tiny_denoiser, empty_session
+):
+    viewer, widget = segment_viewer
+    _, truth, scribbles = cells
+    empty_session.add_model(tiny_denoiser)
+    paint(viewer, widget, scribbles)
+    assert not widget.denoiser_combo.isEnabled()
+    widget.set_options(mode=INSTANT, encoder=tiny_denoiser.name, denoiser=tiny_denoiser.name)
+    assert widget.denoiser_combo.isEnabled()
+    widget.run_button.click()
+    wait_idle(qtbot, widget, timeout=60_000)
+    iou = score_instances(truth, np.asarray(viewer.layers[SEG_NAME].data)).pixel_iou
+    print(f"instant on encoder features: pixel IoU {iou:.3f}")
+    assert iou > 0.6
+    key, features = widget._features
+    # intensity + the encoder's feature maps at every level, full resolution
+    assert features.shape == (1 + sum(tiny_denoiser.network.encoder.channels), *truth.shape)
+    assert id(tiny_denoiser) in key

@@ -468,7 +468,7 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         self.denoise_check.setToolTip(
             "Denoise the image before training, segmenting and computing features"
         )
-        self.denoise_check.toggled.connect(lambda *_: self._forget_features())
+        self.denoise_check.toggled.connect(lambda *_: self._on_denoise_toggled())
         self.denoiser_combo = QComboBox()
         self.denoiser_combo.currentIndexChanged.connect(lambda *_: self._forget_features())
         den_row = QWidget()
@@ -662,7 +662,13 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
             box.blockSignals(False)
         self._forget_features()
         self.denoise_check.setEnabled(bool(names))
-        self.denoiser_combo.setEnabled(bool(names))
+        self._on_denoise_toggled()
+
+    def _on_denoise_toggled(self) -> None:
+        self._forget_features()
+        self.denoiser_combo.setEnabled(
+            self.denoise_check.isEnabled() and self.denoise_check.isChecked()
+        )
 
     def _on_image_changed(self) -> None:
         layer = self.image_combo.layer()
@@ -1069,7 +1075,12 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         n = int(len(np.unique(result.labels)) - (result.labels == 0).any())
         what = "objects" if target == "instances" else "classes"
         where = f" in frame {frame}" if frame is not None else ""
-        self.progress.setValue(self.progress.maximum())
+        if result.model is not None:  # the run ends on the training it did, not the tiles
+            self.progress.setFormat("%v / %m steps")
+            self.progress.setMaximum(max(1, result.model.trained_steps))
+            self.progress.setValue(result.model.trained_steps)
+        else:
+            self.progress.setValue(self.progress.maximum())
         self.status.setText(f"Done: {n} {what}{where} in '{layer.name}'.")
         scores = result.scores
         if isinstance(scores, AesegError):
