@@ -97,10 +97,17 @@ def test_new_scribble_layer_overlays_the_image(segment_viewer):
 
 
 def test_instant_classifier_then_more_scribbles_updates_the_same_layers(
-    qtbot, segment_viewer, cells
+    qtbot, segment_viewer, cells, monkeypatch
 ):
     viewer, widget = segment_viewer
     noisy, truth, scribbles = cells
+    import napari_aeseg._widgets.segment as segment
+
+    computed = []
+    original = segment.classic_features
+    monkeypatch.setattr(
+        segment, "classic_features", lambda *a, **k: computed.append(1) or original(*a, **k)
+    )
     scribble_layer = paint(viewer, widget, scribbles)
     widget.set_options(mode=INSTANT, ground_truth="truth")
     assert widget.run_button.text() == "Update"
@@ -133,6 +140,7 @@ def test_instant_classifier_then_more_scribbles_updates_the_same_layers(
     assert len(viewer.layers) == n_layers
     assert viewer.layers[SEG_NAME] is seg and viewer.layers[UNC_NAME] is unc
     assert not np.array_equal(seg.data, first)
+    assert len(computed) == 1, "the refit reuses the features of the first run"
     assert [ly.name for ly in viewer.layers].count(SEG_NAME) == 1
 
 
@@ -305,3 +313,27 @@ def test_instant_on_encoder_features_of_the_denoised_image(
     # intensity + the encoder's feature maps at every level, full resolution
     assert features.shape == (1 + sum(tiny_denoiser.network.encoder.channels), *truth.shape)
     assert id(tiny_denoiser) in key
+
+
+def test_live_update_with_one_class_says_so_quietly(qtbot, segment_viewer, cells, shown):
+    viewer, widget = segment_viewer
+    layer = widget.new_scribble_layer()
+    widget.set_options(mode=INSTANT, live=True)
+    ys, xs = np.nonzero(cells[1] > 0)
+    layer.paint((ys[0], xs[0]), 2)
+    qtbot.waitUntil(lambda: "Live update waits" in widget.status.text(), timeout=30_000)
+    assert "only label 2" in widget.status.text()
+    assert shown == [], "no notification for every stroke while the user paints"
+    assert SEG_NAME not in viewer.layers
+
+
+def test_closing_the_dock_stops_a_run(qtbot, segment_viewer, cells):
+    viewer, widget = segment_viewer
+    paint(viewer, widget, cells[2])
+    widget.set_options(**{**TINY_SEG, "steps": 100_000})
+    widget.run_button.click()
+    qtbot.waitUntil(lambda: widget.progress.value() >= 2, timeout=60_000)
+    job = widget._job
+    viewer.window.remove_dock_widget(widget)
+    assert job.idle.wait(5.0), "the worker ended when the dock was closed"
+    assert job.trainer.step < 100_000

@@ -368,8 +368,9 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         self._model: SegmenterModel | None = None
         self._registered_name: str | None = None
         self._features: tuple[tuple, np.ndarray] | None = None
-        self._live_layer: Labels | None = None
+        self._live = _LiveLink(self._schedule_live)
         self._live_pending = False
+        self._quiet = False
         self._last_status = 0.0
         self._build()
         self._live_timer = QTimer(self)
@@ -381,6 +382,8 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         job_ref = [self._job]
         self.destroyed.connect(lambda *_: SESSION.changed.disconnect(on_change))
         self.destroyed.connect(lambda *_: job_ref[0].shutdown())
+        live = self._live
+        self.destroyed.connect(lambda *_: live.unfollow())
         self._job_ref = job_ref
         self._on_session_changed("")
         self._on_image_changed()
@@ -710,20 +713,8 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
     def _on_labels_changed(self) -> None:
         """Follow paint strokes of the chosen labels layer while Live update is on."""
         layer = self.labels_combo.layer() if self.live_check.isChecked() and self.instant else None
-        if layer is self._live_layer:
-            return
-        self._disconnect_live()
-        if layer is not None:
-            layer.events.paint.connect(self._schedule_live)
-            layer.events.data.connect(self._schedule_live)
-            self._live_layer = layer
+        if self._live.follow(layer) and layer is not None:
             self._schedule_live()
-
-    def _disconnect_live(self) -> None:
-        if self._live_layer is not None:
-            self._live_layer.events.paint.disconnect(self._schedule_live)
-            self._live_layer.events.data.disconnect(self._schedule_live)
-            self._live_layer = None
 
     def _schedule_live(self, *_) -> None:
         self._live_timer.start()
@@ -809,11 +800,9 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         try:
             job_args = self._prepare()
         except AesegError as exc:
-            if quiet and "no pixel is annotated" in str(exc):
-                return  # live update on an empty layer: nothing to say yet
-            self.status.setText(f"Not started: {str(exc).splitlines()[0]}")
-            report_failure(exc, "Segmentation")
+            self._report(exc, quiet=quiet, before="Not started")
             return
+        self._quiet = quiet
         gen, total = job_args
         self._running = True
         self.progress.setMaximum(max(1, total))
@@ -1006,13 +995,22 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
                 )
                 self.status.setText(f"Stopped; no layer was changed{kept}.")
             elif isinstance(result, Failure):
-                self.status.setText("Failed; no layer was changed.")
-                report_failure(result.error, "Segmentation")
+                self._report(result.error, quiet=self._quiet, before="Failed")
         finally:
             self._update_buttons()
             if self._live_pending:
                 self._live_pending = False
                 self._schedule_live()
+
+    def _report(self, error: BaseException, *, quiet: bool, before: str) -> None:
+        """A notification, except for live updates: those say it in the status line only,
+        so that painting the first class does not pop up 'paint a second class' each stroke."""
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        if quiet and isinstance(error, AesegError):
+            self.status.setText(f"Live update waits: {first}")
+            return
+        self.status.setText(f"{before}; no layer was changed.")
+        report_failure(error, "Segmentation")
 
     def _show(self, result: Segmented) -> None:
         names, space, target, full_shape, axes, *rest = self._target
@@ -1107,12 +1105,46 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
 
     def _shutdown(self) -> None:
         self._live_timer.stop()
-        self._disconnect_live()
+        self._live.unfollow()
         self._job.shutdown()
 
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt name)
         self._shutdown()
         super().closeEvent(event)
+
+
+class _LiveLink:
+    """The connection of Live update to one labels layer's paint strokes and data changes.
+
+    Kept apart from the widget so that the widget's ``destroyed`` signal can cut it without
+    touching the (deleted) widget.
+    """
+
+    def __init__(self, on_change) -> None:
+        self.layer = None
+        self._on_change = on_change
+
+    def follow(self, layer) -> bool:
+        """Follow ``layer`` (or nothing); true when that changed anything."""
+        if layer is self.layer:
+            return False
+        self.unfollow()
+        if layer is not None:
+            # napari >= 0.4.19: one 'paint' event per brush stroke (undo step);
+            # 'data' catches layer.data = ... from scripts and plugins
+            layer.events.paint.connect(self._fire)
+            layer.events.data.connect(self._fire)
+            self.layer = layer
+        return True
+
+    def unfollow(self) -> None:
+        if self.layer is not None:
+            self.layer.events.paint.disconnect(self._fire)
+            self.layer.events.data.disconnect(self._fire)
+            self.layer = None
+
+    def _fire(self, *_) -> None:
+        self._on_change()
 
 
 def class_colormap():
