@@ -337,3 +337,22 @@ def test_closing_the_dock_stops_a_run(qtbot, segment_viewer, cells):
     viewer.window.remove_dock_widget(widget)
     assert job.idle.wait(5.0), "the worker ended when the dock was closed"
     assert job.trainer.step < 100_000
+
+
+def test_instant_classifier_on_a_3d_stack(qtbot, make_napari_viewer):
+    s = synthetic_nuclei((16, 64, 64), seed=5)
+    noisy = add_noise(s.clean, gaussian=0.15, seed=6, value_range=(0.0, 1.0))
+    viewer = make_napari_viewer()
+    viewer.add_image(noisy, name="stack", scale=(2.0, 1.0, 1.0))
+    _, widget = viewer.window.add_plugin_dock_widget("napari-aeseg", "Segment")
+    widget.set_options(image="stack", mode=INSTANT)
+    assert widget.axes_edit.text() == "ZYX"
+    layer = widget.new_scribble_layer()
+    assert layer.data.shape == noisy.shape
+    np.testing.assert_allclose(layer.scale, (2.0, 1.0, 1.0))
+    layer.data = simulated_scribbles(s.labels, fraction=0.02)
+    widget.run_button.click()
+    wait_idle(qtbot, widget, timeout=60_000)
+    seg = viewer.layers["stack segmentation"]
+    assert seg.data.shape == noisy.shape
+    assert score_instances(s.labels, np.asarray(seg.data)).pixel_iou > 0.6
