@@ -264,6 +264,8 @@ def test_time_series_classifies_the_frame_shown(qtbot, make_napari_viewer, cells
     assert seg.data.shape == movie.shape
     assert seg.data[1].any() and not seg.data[0].any() and not seg.data[2].any()
     assert "frame 1" in widget.status.text()
+    assert "frame shown" in widget.live_check.text()
+    assert "frame shown" in widget.run_button.toolTip()
 
 
 def test_semantic_classes_then_instances_reuse_the_output_layers(qtbot, segment_viewer, cells):

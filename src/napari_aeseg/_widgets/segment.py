@@ -681,10 +681,20 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
 
     def _on_axes_changed(self) -> None:
         self._forget_features()
-        axes = self.axes_edit.text().strip().upper()
-        if "T" in axes:
-            self.live_check.setText("Live update of the frame shown (refit after each stroke)")
+        frames = "T" in self.axes_edit.text().strip().upper()
+        self.live_check.setText(
+            "Live update of the frame shown (refit after each stroke)"
+            if frames
+            else f"Live update (refit {LIVE_DELAY_MS} ms after each stroke)"
+        )
+        self.run_button.setToolTip(self._run_tip(frames))
         self._update_buttons()
+
+    def _run_tip(self, frames: bool) -> str:
+        if not self.instant:
+            return "Train a segmenter on the labels (all frames), then segment the whole image"
+        where = "the frame shown in the viewer" if frames else "the image"
+        return f"Refit the classifier on the scribbles of {where} and show the result"
 
     def _on_kind_changed(self) -> None:
         masks = self.kind_combo.currentText() == MASKS
@@ -701,11 +711,7 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         self.save_button.setVisible(not instant)
         self.advanced.setVisible(True)
         self.run_button.setText("Update" if instant else "Train && Segment")
-        self.run_button.setToolTip(
-            "Refit the classifier on the scribbles and show the result"
-            if instant
-            else "Train a segmenter on the labels, then segment the whole image"
-        )
+        self.run_button.setToolTip(self._run_tip("T" in self.axes_edit.text().upper()))
         self.progress.setFormat("%p%" if instant else "%v / %m steps")
         self._on_labels_changed()
         self._update_buttons()
