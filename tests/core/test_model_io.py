@@ -96,3 +96,12 @@ def test_failed_save_keeps_existing_file(model, tmp_path, monkeypatch):
 def test_save_into_missing_folder(model, tmp_path):
     with pytest.raises(OutputError, match="does not exist"):
         model.save(tmp_path / "no" / "m.aeseg")
+
+
+def test_saved_file_mode_follows_umask(model, tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = model.save(tmp_path / "m.aeseg")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
