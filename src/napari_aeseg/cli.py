@@ -253,21 +253,13 @@ def _denoise(args) -> int:
     for f in files:
         axes = args.axes or (f.axes if f.axes and len(f.axes) == f.data.ndim else None)
         layout = model.check_layout(f.data.shape, axes)
-        gen = model.iter_denoise(
-            f.data, axes=layout.axes, tile=args.tile, overlap=args.overlap, device=args.device
+        result = _run_with_bar(
+            model.iter_denoise(
+                f.data, axes=layout.axes, tile=args.tile, overlap=args.overlap, device=args.device
+            ),
+            f.path.name,
+            args.quiet,
         )
-        bar = None
-        while True:
-            try:
-                p = next(gen)
-            except StopIteration as done:
-                result = done.value
-                break
-            if bar is None:
-                bar = _progress_bar(p.total, f.path.name, args.quiet, unit="tile")
-            bar.update(p.done - bar.n)
-        if bar is not None:
-            bar.close()
         target = out_dir / f"{f.path.stem}.tif"
         write_tiff(target, result, axes=layout.axes)
         if not args.quiet:

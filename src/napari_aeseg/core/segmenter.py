@@ -641,11 +641,4 @@ def train_segmenter(
         options["n_classes"] = max(2, max(int(np.max(lab)) for lab in labels))
     config = make_segmenter_config(images[0].shape, encoder=encoder, **options)
     trainer = SegmenterTrainer(images, labels, config, encoder=encoder, device=device)
-    gen = trainer.run()
-    while True:
-        try:
-            p = next(gen)
-        except StopIteration as done:
-            return done.value
-        if callback is not None:
-            callback(p)
+    return run_generator(trainer.run(), callback)

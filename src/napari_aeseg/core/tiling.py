@@ -259,10 +259,15 @@ def count_tiles(
     )
 
 
-def run_generator(gen: Generator):
-    """Exhaust a progress generator and return its return value."""
+def run_generator(gen: Generator, callback: Callable | None = None):
+    """Exhaust a progress generator and return its return value.
+
+    ``callback`` is called with every progress update.
+    """
     while True:
         try:
-            next(gen)
+            progress = next(gen)
         except StopIteration as stop:
             return stop.value
+        if callback is not None:
+            callback(progress)

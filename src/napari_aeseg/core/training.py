@@ -26,6 +26,7 @@ from .errors import InvalidInputError, TrainingCancelled
 from .models import build_network
 from .noise import add_noise_torch, apply_blind_spot, blind_spot_coordinates, masked_gather
 from .patches import PatchSampler, split_regions
+from .tiling import run_generator
 
 #: keep training arrays on the GPU when they take less than this many bytes
 _DEVICE_DATA_LIMIT = 2 * 1024**3
@@ -360,14 +361,7 @@ def train_denoiser(
     elif options:
         raise InvalidInputError("give either a config or keyword options, not both")
     trainer = DenoiserTrainer(images, config, device=device)
-    gen = trainer.run()
-    while True:
-        try:
-            progress = next(gen)
-        except StopIteration as done:
-            return done.value
-        if callback is not None:
-            callback(progress)
+    return run_generator(trainer.run(), callback)
 
 
 def make_denoiser_config(
