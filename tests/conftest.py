@@ -1,3 +1,9 @@
+import os
+
+# OpenMP threads that sleep between parallel regions: many tiny models, and CI machines
+# shared with other jobs, make spinning threads very costly
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import numpy as np
 import pytest
 import torch

@@ -103,7 +103,7 @@ class Layout:
         order = self.sample_axes + "C" + self.spatial_axes
         arr = internal.reshape(*sample_shape, c_out, *self.spatial_shape)
         if "C" not in axes:
-            arr = np.take(arr, 0, axis=len(sample_shape))
+            arr = arr[(slice(None),) * len(sample_shape) + (0,)]  # a view, not a copy
             order = order.replace("C", "")
         return np.transpose(arr, [order.index(a) for a in axes])
 

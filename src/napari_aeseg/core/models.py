@@ -113,12 +113,14 @@ class Decoder(nn.Module):
             in_ch = ch[i - 1] * (2 if with_skip else 1)
             self.blocks.append(ConvBlock(d, in_ch, ch[i - 1], arch.batch_norm))
 
-    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+    def forward(self, feats: list[torch.Tensor | None], size: tuple[int, ...]) -> torch.Tensor:
+        """``feats[0]`` may be ``None`` without the top skip; ``size`` is the input's size."""
         x = feats[-1]
         n = len(self.blocks)
         for j, (reduce, block) in enumerate(zip(self.reduce, self.blocks, strict=True)):
             skip = feats[n - 1 - j]
-            x = F.interpolate(reduce(x), size=skip.shape[2:], mode=self.mode, align_corners=False)
+            target = skip.shape[2:] if skip is not None else size
+            x = F.interpolate(reduce(x), size=target, mode=self.mode, align_corners=False)
             if j < n - 1 or self.top_skip:
                 x = torch.cat([x, skip], dim=1)
             x = block(x)
@@ -152,7 +154,10 @@ class UNet(nn.Module):
         return self.arch.divisor
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.decoder(self.encoder(x)))
+        feats = self.encoder(x)
+        if not self.arch.top_skip:
+            feats[0] = None  # unused without the top skip: free the full-resolution map early
+        return self.head(self.decoder(feats, tuple(x.shape[2:])))
 
 
 def build_network(arch: ArchitectureConfig, *, out_channels: int | None = None) -> UNet:

@@ -87,8 +87,12 @@ def plan_axis(length: int, max_tile: int, overlap: int, divisor: int) -> AxisPla
 
 
 def auto_tile(spatial_shape: Sequence[int], device: torch.device) -> tuple[int, ...]:
-    """Largest tiles that keep memory modest: in-plane 1024 on CUDA, 512 elsewhere."""
-    plane = 1024 if device.type == "cuda" else 512
+    """Tiles that keep memory modest: in-plane up to 1024 on CUDA, 384 elsewhere.
+
+    On the CPU, tiles of a few hundred pixels are as fast per pixel as whole images (they
+    stay in cache) while the activations of one tile stay small next to the output array.
+    """
+    plane = 1024 if device.type == "cuda" else 384
     if len(spatial_shape) == 3:
         plane = 256 if device.type == "cuda" else 128
         return (128 if device.type == "cuda" else 64, plane, plane)

@@ -376,7 +376,7 @@ def make_denoiser_config(
     batch_size: int = 16,
     depth: int = 2,
     base_channels: int = 32,
-    learning_rate: float = 4e-4,
+    learning_rate: float = 1e-3,
     seed: int = 0,
     channels: int | None = None,
     **training,
