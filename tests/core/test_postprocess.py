@@ -47,3 +47,17 @@ def test_semantic_and_entropy():
     assert np.isclose(entropy(flat)[0, 0], 1.0)
     sure = np.array([[[1.0]], [[0.0]]], np.float32)
     assert entropy(sure)[0, 0] < 0.01
+
+
+def test_touching_discs_split_despite_a_gap_in_the_boundary():
+    yy, xx = np.mgrid[:40, :60]
+    a = (yy - 20) ** 2 + (xx - 20) ** 2 < 12**2
+    b = (yy - 20) ** 2 + (xx - 42) ** 2 < 12**2
+    truth = np.zeros((40, 60), np.uint16)
+    truth[a] = 1
+    truth[b & ~a] = 2
+    classes = instances_to_classes(truth)
+    classes[18:21][classes[18:21] == 2] = 1  # the boundary between them is missing over 3 rows
+    labels = instances_from_probabilities(_probs_from_classes(classes, 3), min_size=5)
+    assert labels.max() == 2
+    assert score_instances(truth, labels).ap == 1.0
