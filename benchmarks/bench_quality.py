@@ -179,8 +179,9 @@ def our_model(
         train_image = noisy
     model, info = train_for([train_image], cfg, args.budget)
     t0 = time.perf_counter()
-    out = model.denoise(noisy, device="cpu")
+    out = model.denoise(noisy, device="cpu", tta=args.tta)
     info["denoise_seconds"] = time.perf_counter() - t0
+    info["tta"] = args.tta
     info["trained_on"] = "clean image + synthetic " + noise_key if mode == "dae" else "noisy image"
     return out, info
 
@@ -193,6 +194,7 @@ def main(argv=None) -> int:
     ap.add_argument("--noises", default=",".join(NOISES))
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--no-classical", action="store_true")
+    ap.add_argument("--tta", action="store_true", help="denoise with flip averaging (4 passes)")
     ap.add_argument("--base-channels", type=int, default=16)
     ap.add_argument("--depth", type=int, default=2)
     ap.add_argument("--lr", type=float, default=2e-3)

@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--axes", help="axes of the images (default: the model's)")
     d.add_argument("--tile", type=_tile_value, default="auto", help="'auto' or pixels")
     d.add_argument("--overlap", type=_tile_value, default="auto", help="'auto' or pixels")
+    d.add_argument(
+        "--tta", action="store_true", help="average over mirrored tiles (4x slower in 2D, cleaner)"
+    )
     _device_seed(d, seed=False)
 
     s = sub.add_parser("train-segmenter", help="train a segmenter from a few labels")
@@ -259,7 +262,12 @@ def _denoise(args) -> int:
         layout = model.check_layout(f.data.shape, axes)
         result = _run_with_bar(
             model.iter_denoise(
-                f.data, axes=layout.axes, tile=args.tile, overlap=args.overlap, device=args.device
+                f.data,
+                axes=layout.axes,
+                tile=args.tile,
+                overlap=args.overlap,
+                device=args.device,
+                tta=args.tta,
             ),
             f.path.name,
             args.quiet,

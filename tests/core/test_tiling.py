@@ -132,3 +132,16 @@ def test_bad_tile_size():
                 tile=2,
             )
         )
+
+
+def test_flip_averaging_is_the_mean_of_mirrored_predictions():
+    from napari_aeseg.core.tiling import with_flip_averaging
+
+    net = _net()
+    x = torch.rand(1, 1, 32, 48)
+    with torch.inference_mode():
+        got = with_flip_averaging(net, 2)(x)
+        flips = [[], [2], [3], [2, 3]]
+        want = sum(torch.flip(net(torch.flip(x, f)), f) if f else net(x) for f in flips) / 4
+        assert torch.allclose(got, want, atol=1e-6)
+        assert torch.equal(with_flip_averaging(lambda t: t, 2)(x), x)

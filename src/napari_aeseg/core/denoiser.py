@@ -17,7 +17,13 @@ from .devices import resolve_device
 from .errors import InvalidInputError, ModelFileError
 from .model_io import ModelFile, read_model_file, save_model_file
 from .models import UNet, build_network
-from .tiling import TileProgress, count_tiles, iter_predict_tiled, run_generator
+from .tiling import (
+    TileProgress,
+    count_tiles,
+    iter_predict_tiled,
+    run_generator,
+    with_flip_averaging,
+)
 
 
 @dataclass
@@ -187,8 +193,13 @@ class DenoiserModel(TrainedModel):
         overlap: int | Sequence[int] | str = "auto",
         device: str | torch.device = "auto",
         cancel: Callable[[], bool] | None = None,
+        tta: bool = False,
     ) -> Generator[TileProgress, None, np.ndarray]:
-        """Denoise tile by tile, yielding progress; returns float32 in the input's layout."""
+        """Denoise tile by tile, yielding progress; returns float32 in the input's layout.
+
+        ``tta`` averages the predictions of all mirror images of each tile (4 passes in 2D,
+        8 in 3D): slower, slightly cleaner.
+        """
         image = check_image(image)
         layout = self.check_layout(image.shape, axes)
         dev = resolve_device(device)
@@ -204,7 +215,7 @@ class DenoiserModel(TrainedModel):
         out = np.empty((internal.shape[0], layout.channels, *layout.spatial_shape), np.float32)
         for n in range(internal.shape[0]):
             pred = yield from iter_predict_tiled(
-                net,
+                with_flip_averaging(net, layout.spatial_dims) if tta else net,
                 internal[n],
                 out_channels=layout.channels,
                 divisor=divisor,

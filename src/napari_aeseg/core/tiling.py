@@ -263,6 +263,29 @@ def count_tiles(
     )
 
 
+def with_flip_averaging(forward: Callable[[torch.Tensor], torch.Tensor], spatial_dims: int):
+    """Test-time augmentation: the mean of the predictions for every mirror image of a tile.
+
+    4 passes in 2D, 8 in 3D; each prediction is flipped back before averaging. Works for
+    tiles of any shape (no rotations), and lowers the variance of the prediction.
+    """
+    axes = list(range(2, 2 + spatial_dims))
+    flips = [
+        [a for a, on in zip(axes, mask, strict=True) if on]
+        for mask in itertools.product([False, True], repeat=spatial_dims)
+    ]
+
+    def averaged(x: torch.Tensor) -> torch.Tensor:
+        total = None
+        for dims in flips:
+            y = forward(torch.flip(x, dims) if dims else x).float()
+            y = torch.flip(y, dims) if dims else y
+            total = y if total is None else total + y
+        return total / len(flips)
+
+    return averaged
+
+
 def run_generator(gen: Generator, callback: Callable | None = None):
     """Exhaust a progress generator and return its return value.
 
