@@ -360,3 +360,18 @@ def ask_save_model_path(parent: QWidget, suggested: str) -> Path | None:
 def ask_open_model_path(parent: QWidget) -> Path | None:
     path, _ = QFileDialog.getOpenFileName(parent, "Load model", "", MODEL_FILTER)
     return Path(path) if path else None
+
+
+def ask_and_load_denoiser(parent: QWidget):
+    """Ask for a model file and load it as a denoiser; ``None`` when cancelled or unreadable
+    (the reason is shown as a notification)."""
+    from ..core.denoiser import DenoiserModel
+
+    path = ask_open_model_path(parent)
+    if path is None:
+        return None
+    try:
+        return DenoiserModel.load(path)
+    except AesegError as exc:
+        report_failure(exc, "Loading the model")
+        return None

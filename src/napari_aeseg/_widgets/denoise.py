@@ -34,7 +34,7 @@ from ._common import (
     Failure,
     ImageLayerCombo,
     StopsWhenUndocked,
-    ask_open_model_path,
+    ask_and_load_denoiser,
     guess_layer_axes,
     layer_data,
     report_failure,
@@ -226,13 +226,8 @@ class DenoiseWidget(StopsWhenUndocked, QWidget):
 
     # ------------------------------------------------------------------ actions
     def load_model(self) -> None:
-        path = ask_open_model_path(self)
-        if path is None:
-            return
-        try:
-            model = DenoiserModel.load(path)
-        except AesegError as exc:
-            report_failure(exc, "Loading the model")
+        model = ask_and_load_denoiser(self)
+        if model is None:
             return
         name = SESSION.add_model(model)
         self.model_combo.setCurrentText(name)

@@ -58,7 +58,7 @@ from ._common import (
     ImageLayerCombo,
     StopsWhenUndocked,
     _FollowsLayers,
-    ask_open_model_path,
+    ask_and_load_denoiser,
     ask_save_model_path,
     format_seconds,
     guess_layer_axes,
@@ -769,13 +769,8 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         return layer
 
     def load_encoder(self) -> None:
-        path = ask_open_model_path(self)
-        if path is None:
-            return
-        try:
-            model = DenoiserModel.load(path)
-        except AesegError as exc:
-            report_failure(exc, "Loading the model")
+        model = ask_and_load_denoiser(self)
+        if model is None:
             return
         name = SESSION.add_model(model)
         self.encoder_combo.setCurrentText(name)

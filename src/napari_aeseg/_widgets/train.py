@@ -42,7 +42,7 @@ from ._common import (
     Failure,
     ImageLayerList,
     StopsWhenUndocked,
-    ask_open_model_path,
+    ask_and_load_denoiser,
     ask_save_model_path,
     format_seconds,
     guess_layer_axes,
@@ -783,13 +783,8 @@ class TrainDenoiserWidget(StopsWhenUndocked, QWidget):
         show_info(f"Saved model '{self._model.name}' to {path}")
 
     def load_model(self) -> None:
-        path = ask_open_model_path(self)
-        if path is None:
-            return
-        try:
-            model = DenoiserModel.load(path)
-        except AesegError as exc:
-            report_failure(exc, "Loading the model")
+        model = ask_and_load_denoiser(self)
+        if model is None:
             return
         SESSION.add_model(model)
         self._model = model
