@@ -111,6 +111,7 @@ def test_instant_classifier_then_more_scribbles_updates_the_same_layers(
     scribble_layer = paint(viewer, widget, scribbles)
     widget.set_options(mode=INSTANT, ground_truth="truth")
     assert widget.run_button.text() == "Update"
+    assert not widget.loss_plot.isVisibleTo(widget), "no loss curve for the instant classifier"
 
     widget.run_button.click()
     assert widget.running
@@ -190,6 +191,8 @@ def test_fine_tune_with_session_encoder_and_ground_truth(
     assert empty_session.get(model.name) is model
     assert widget.encoder_combo.findText(model.name) < 0, "a segmenter is no encoder"
     assert widget.progress.text() == "60 / 60 steps"
+    assert [s for s, _ in widget.loss_plot.train_points] == list(range(1, 61))
+    assert widget.loss_plot.isVisibleTo(widget)
 
     path = tmp_path / "seg.aeseg"
     monkeypatch.setattr("napari_aeseg._widgets.segment.ask_save_model_path", lambda *a: path)
@@ -255,6 +258,7 @@ def test_time_series_classifies_the_frame_shown(qtbot, make_napari_viewer, cells
     assert layer.data.shape == movie.shape
     data = np.zeros(movie.shape, np.uint8)
     data[1] = np.roll(scribbles, 7, axis=1)[:64, :64]
+    data[2] = np.roll(scribbles, 14, axis=1)[:64, :64]
     layer.data = data
     viewer.dims.set_current_step(0, 1)
 
@@ -266,6 +270,17 @@ def test_time_series_classifies_the_frame_shown(qtbot, make_napari_viewer, cells
     assert "frame 1" in widget.status.text()
     assert "frame shown" in widget.live_check.text()
     assert "frame shown" in widget.run_button.toolTip()
+
+    # the next frame's objects get ids of their own: an id names one object in the series
+    first = np.array(seg.data[1])
+    viewer.dims.set_current_step(0, 2)
+    widget.run_button.click()
+    wait_idle(qtbot, widget, timeout=60_000)
+    seg = viewer.layers["movie segmentation"]
+    np.testing.assert_array_equal(seg.data[1], first)
+    ids1, ids2 = set(np.unique(seg.data[1])) - {0}, set(np.unique(seg.data[2])) - {0}
+    assert ids1 and ids2 and not ids1 & ids2
+    assert min(ids2) == max(ids1) + 1
 
 
 def test_semantic_classes_then_instances_reuse_the_output_layers(qtbot, segment_viewer, cells):

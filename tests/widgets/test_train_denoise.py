@@ -294,3 +294,22 @@ def test_gui_options_reach_the_config(viewer_with_widgets):
         7,
     )
     assert (t.steps, t.patch_size, t.batch_size) == (3, 32, 4)
+
+
+def test_flip_averaging_checkbox_reaches_the_engine(viewer_with_widgets, nuclei):
+    _, noisy = nuclei
+    viewer, train, denoise = viewer_with_widgets()
+    train.set_options(steps=10, preview=False)
+    train.start(sync=True)
+    model = train.model
+    name = output_name("noisy", model.name)
+
+    denoise.run(sync=True)
+    plain = np.array(viewer.layers[name].data)
+    denoise.tta_check.setChecked(True)
+    denoise.run(sync=True)
+    averaged = np.array(viewer.layers[name].data)
+
+    np.testing.assert_allclose(plain, model.denoise(noisy, device="cpu"), atol=1e-5)
+    np.testing.assert_allclose(averaged, model.denoise(noisy, device="cpu", tta=True), atol=1e-5)
+    assert np.abs(averaged - plain).max() > 1e-4, "flip averaging changes the result"

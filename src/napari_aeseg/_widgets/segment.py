@@ -66,6 +66,7 @@ from ._common import (
     report_failure,
     start_job,
 )
+from .loss_plot import LossPlot
 from .session import SESSION
 
 FINE_TUNE = "Fine-tune network"
@@ -306,8 +307,14 @@ def _put(viewer, kind, name: str, data: np.ndarray, space: dict, **display):
     return layer
 
 
-def _in_frame(viewer, kind, name, frame_data, frame, t_index, full_shape, dtype):
-    """The full array of layer ``name`` with frame ``frame`` (on axis ``t_index``) replaced."""
+def _in_frame(
+    viewer, kind, name, frame_data, frame, t_index, full_shape, dtype, *, unique_ids=False
+):
+    """The full array of layer ``name`` with frame ``frame`` (on axis ``t_index``) replaced.
+
+    With ``unique_ids`` (instance labels) the frame's object ids are shifted above those of
+    the other frames, so that an id names one object in the whole series, not one per frame.
+    """
     existing = viewer.layers[name] if name in viewer.layers else None
     if isinstance(existing, kind) and existing.data.shape == full_shape:
         full = np.array(existing.data, dtype=np.result_type(existing.data.dtype, dtype))
@@ -315,7 +322,15 @@ def _in_frame(viewer, kind, name, frame_data, frame, t_index, full_shape, dtype)
         full = np.zeros(full_shape, dtype)
     index = [slice(None)] * len(full_shape)
     index[t_index] = frame
-    full[tuple(index)] = frame_data
+    index = tuple(index)
+    if unique_ids:
+        full[index] = 0
+        offset = int(full.max())
+        top = offset + int(frame_data.max(initial=0))
+        if top > np.iinfo(full.dtype).max:
+            full = full.astype(np.uint32 if top <= np.iinfo(np.uint32).max else np.uint64)
+        frame_data = np.where(frame_data > 0, frame_data.astype(full.dtype) + offset, 0)
+    full[index] = frame_data
     return full
 
 
@@ -557,6 +572,10 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         self.progress = QProgressBar()
         self.progress.setValue(0)
         outer.addWidget(self.progress)
+        self.loss_plot = LossPlot(self)
+        self.loss_plot.setMinimumHeight(120)
+        self.loss_plot.setToolTip("Fine-tuning loss on the annotated pixels")
+        outer.addWidget(self.loss_plot)
         self.status = QLabel("Choose an image, paint scribbles, press Update.")
         self.status.setWordWrap(True)
         outer.addWidget(self.status)
@@ -709,6 +728,7 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         self.joint_check.setVisible(not instant)
         self.live_check.setVisible(instant)
         self.save_button.setVisible(not instant)
+        self.loss_plot.setVisible(not instant)
         self.advanced.setVisible(True)
         self.run_button.setText("Update" if instant else "Train && Segment")
         self.run_button.setToolTip(self._run_tip("T" in self.axes_edit.text().upper()))
@@ -808,6 +828,9 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         self._running = True
         self.progress.setMaximum(max(1, total))
         self.progress.setValue(0)
+        if not self.instant:
+            self.loss_plot.clear()
+            self.loss_plot.set_planned_steps(total)
         self._update_buttons()
         self._worker = start_job(
             gen,
@@ -961,6 +984,7 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
             self.progress.setFormat("%v / %m steps")
             self.progress.setMaximum(max(1, item.total_steps))
             self.progress.setValue(item.step)
+            self.loss_plot.add_point(item.step, item.train_loss)
             now = time.monotonic()
             if now - self._last_status > 0.2 or item.step == item.total_steps:
                 self._last_status = now
@@ -1024,7 +1048,15 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         if frame is not None:
             t = [a for a in axes if a != "C"].index("T")
             labels = _in_frame(
-                self.viewer, Labels, names[0], labels, frame, t, full_shape, labels.dtype
+                self.viewer,
+                Labels,
+                names[0],
+                labels,
+                frame,
+                t,
+                full_shape,
+                labels.dtype,
+                unique_ids=target == "instances",
             )
             lead = prob.ndim - unc.ndim  # the class axis of a semantic stack
             prob = _in_frame(
