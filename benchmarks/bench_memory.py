@@ -38,28 +38,7 @@ def _status_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def _view_from_internal(self, internal):
-    """``Layout.from_internal`` returning a view instead of an ``np.take`` copy.
-
-    Used with ``--simulate-view-fix`` to measure the memory fix proposed for
-    ``core/data.py`` before it lands; the result is the same array values.
-    """
-    import numpy as np
-
-    c_out = internal.shape[1]
-    sample_shape = [self.shape[self.axes.index(a)] for a in self.sample_axes]
-    axes = self.axes
-    if "C" not in axes and c_out > 1:
-        axes = "C" + axes
-    order = self.sample_axes + "C" + self.spatial_axes
-    arr = internal.reshape(*sample_shape, c_out, *self.spatial_shape)
-    if "C" not in axes:
-        arr = arr[(slice(None),) * len(sample_shape) + (0,)]
-        order = order.replace("C", "")
-    return np.transpose(arr, [order.index(a) for a in axes])
-
-
-def child(size: int, dtype: str, tile: str, mode: str, view_fix: bool = False) -> dict:
+def child(size: int, dtype: str, tile: str, mode: str) -> dict:
     """Runs in the subprocess: one denoise, memory measured around it."""
     import gc
     import threading
@@ -75,10 +54,6 @@ def child(size: int, dtype: str, tile: str, mode: str, view_fix: bool = False) -
     from napari_aeseg.core.samples import load_sample
     from napari_aeseg.core.training import make_denoiser_config
 
-    if view_fix:
-        from napari_aeseg.core.data import Layout
-
-        Layout.from_internal = _view_from_internal
     device = resolve_device("cpu")
     real = load_sample("nuclei_2d")  # uint16, 0..235
     reps = -(-size // real.shape[0])
@@ -127,7 +102,6 @@ def child(size: int, dtype: str, tile: str, mode: str, view_fix: bool = False) -
         "dtype": dtype,
         "tile": tile,
         "mode": mode,
-        "simulated_view_fix": view_fix,
         "threads": torch.get_num_threads(),
         "input_bytes": in_bytes,
         "output_bytes": out_bytes,
@@ -147,8 +121,8 @@ def child(size: int, dtype: str, tile: str, mode: str, view_fix: bool = False) -
     }
 
 
-def run_case(size: int, dtype: str, tile: str, mode: str, view_fix: bool = False) -> dict:
-    cmd = [sys.executable, __file__, "--child", str(size), dtype, tile, mode, str(int(view_fix))]
+def run_case(size: int, dtype: str, tile: str, mode: str) -> dict:
+    cmd = [sys.executable, __file__, "--child", str(size), dtype, tile, mode]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode:
         raise RuntimeError(f"child failed ({' '.join(cmd)}):\n{proc.stderr}")
@@ -157,8 +131,8 @@ def run_case(size: int, dtype: str, tile: str, mode: str, view_fix: bool = False
 
 def main(argv=None) -> int:
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--child":
-        size, dtype, tile, mode, view_fix = sys.argv[2:7]
-        print(json.dumps(child(int(size), dtype, tile, mode, view_fix == "1")))
+        size, dtype, tile, mode = sys.argv[2:6]
+        print(json.dumps(child(int(size), dtype, tile, mode)))
         return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="2048 x 2048 instead of 4096 x 4096")
@@ -166,11 +140,6 @@ def main(argv=None) -> int:
     ap.add_argument("--dtypes", default="float32,uint16")
     ap.add_argument("--tiles", default="auto", help="comma-separated: auto or pixels")
     ap.add_argument("--mode", default="n2v2", choices=["n2v2", "n2v", "dae"])
-    ap.add_argument(
-        "--simulate-view-fix",
-        action="store_true",
-        help="also run each case with Layout.from_internal returning a view (proposed fix)",
-    )
     ap.add_argument("--out", default=None)
     ap.add_argument("--notes", default="")
     args = ap.parse_args(argv)
@@ -180,16 +149,11 @@ def main(argv=None) -> int:
     rows = []
     for tile in args.tiles.split(","):
         for dtype in args.dtypes.split(","):
-            for fix in (False, True) if args.simulate_view_fix else (False,):
-                label = " (simulated view fix)" if fix else ""
-                print(
-                    f"denoising {args.size}x{args.size} {dtype}, tile={tile}{label} ...", flush=True
-                )
-                rows.append(run_case(args.size, dtype, tile, args.mode, fix))
+            print(f"denoising {args.size}x{args.size} {dtype}, tile={tile} ...", flush=True)
+            rows.append(run_case(args.size, dtype, tile, args.mode))
     headers = [
         "input",
         "tile",
-        "from_internal",
         "in MiB",
         "out MiB",
         "model MiB",
@@ -205,7 +169,6 @@ def main(argv=None) -> int:
             [
                 f"{r['size']}x{r['size']} {r['dtype']}",
                 r["tile"],
-                "view (simulated fix)" if r["simulated_view_fix"] else "np.take copy (as is)",
                 r["input_bytes"] / MiB,
                 r["output_bytes"] / MiB,
                 r["model_bytes"] / MiB,

@@ -45,6 +45,9 @@ def test_wheel_has_manifest_and_samples_and_validates(tmp_path):
     assert "napari_aeseg/napari.yaml" in names
     assert "napari_aeseg/sample_data/real_nuclei_2d.tif" in names
     assert "napari_aeseg/sample_data/real_3d_stack.tif" in names
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
+    (meta,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+    assert "License-Expression: BSD-3-Clause" in zipfile.ZipFile(wheel).read(meta).decode()
 
     env_dir = tmp_path / "env"
     venv.create(env_dir, with_pip=False)

@@ -17,8 +17,9 @@ def test_auto_picks_cuda():
 
 def test_amp_training_and_tiled_inference_on_cuda(nuclei_2d):
     clean, noisy, _ = nuclei_2d
-    cfg = make_denoiser_config(noisy.shape, steps=300, base_channels=16, patch_size=64,
-                               batch_size=16, learning_rate=1e-3)
+    cfg = make_denoiser_config(
+        noisy.shape, steps=300, base_channels=16, patch_size=64, batch_size=16, learning_rate=1e-3
+    )
     trainer = DenoiserTrainer([noisy], cfg, device="cuda")
     assert trainer.amp_dtype in (torch.bfloat16, torch.float16)
     assert trainer.sampler.arrays[0].device.type == "cuda"

@@ -8,13 +8,17 @@ Nothing here imports Qt: :mod:`psygnal` signals work with or without a GUI.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from psygnal import Signal
 
+if TYPE_CHECKING:  # torch is imported by the models, not by the registry
+    from ..core.denoiser import TrainedModel
+
 
 class ModelSession:
-    """Models by name, in the order they were added.
+    """Models (denoisers and segmenters, any :class:`TrainedModel`) by name, in the order
+    they were added.
 
     ``changed`` is emitted with the name of the model that was added, replaced or removed.
     """
@@ -22,16 +26,16 @@ class ModelSession:
     changed = Signal(str)
 
     def __init__(self) -> None:
-        self._models: dict[str, Any] = {}
+        self._models: dict[str, TrainedModel] = {}
 
-    def add_model(self, model: Any, *, replace: bool = False) -> str:
+    def add_model(self, model: TrainedModel, *, replace: bool = False) -> str:
         """Register ``model`` and return the name it is known by.
 
         A different model with the same name is kept: the new one is renamed ``name-2``,
         ``name-3``... (and ``model.name`` updated) unless ``replace`` is true, which is how a
         widget swaps in a newer version of the model it trained.
         """
-        name = model.name or "denoiser"
+        name = model.name or type(model).__name__.removesuffix("Model").lower()
         existing = self._models.get(name)
         if existing is not None and existing is not model and not replace:
             n = 2
@@ -43,7 +47,7 @@ class ModelSession:
         self.changed.emit(name)
         return name
 
-    def get(self, name: str) -> Any:
+    def get(self, name: str) -> TrainedModel:
         """The model registered as ``name``; ``KeyError`` lists the known names."""
         try:
             return self._models[name]
@@ -54,7 +58,7 @@ class ModelSession:
     def names(self) -> list[str]:
         return list(self._models)
 
-    def models(self) -> list[Any]:
+    def models(self) -> list[TrainedModel]:
         return list(self._models.values())
 
     def remove(self, name: str) -> None:
