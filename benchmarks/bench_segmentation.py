@@ -269,6 +269,12 @@ class Runner:
         )
         return den, time.perf_counter() - t
 
+    def scribbles(self, truth, *, fraction, seed):
+        from napari_aeseg.demo import simulated_scribbles, simulated_strokes
+
+        simulate = simulated_strokes if self.args.scribbles == "strokes" else simulated_scribbles
+        return simulate(truth, fraction=fraction, seed=seed)
+
     def network(self, d, images, labels, *, kind, encoder=None, joint=False, test=None, **extra):
         from napari_aeseg.core.segmenter import train_segmenter
 
@@ -295,7 +301,6 @@ class Runner:
     # ----------------------------------------------------------------------------
     def run_dataset(self, name, d):
         from napari_aeseg.core.features import classic_features, encoder_features
-        from napari_aeseg.demo import simulated_scribbles
 
         a = self.args
         gt = d["test_gt"]
@@ -326,7 +331,7 @@ class Runner:
 
         for frac in a.fractions:
             for seed in a.seeds:
-                sc = simulated_scribbles(d["train_gt"], fraction=frac, seed=seed)
+                sc = self.scribbles(d["train_gt"], fraction=frac, seed=seed)
                 budget = f"{frac * 100:g}%"
                 for method, feats in (
                     ("d enc-features RF", (enc_tr, enc_te)),
@@ -342,13 +347,20 @@ class Runner:
                     )
                     self.add(name, "scribbles", budget, method, seed, score(gt, res.labels), secs)
 
-        corners = random_crops(d["train_gt"], max(a.crops, default=0), seed=0)
+        for crop_seed in a.crop_seeds if a.crops else ():
+            self.run_crops(name, d, den, crop_seed)
+        return den
+
+    def run_crops(self, name, d, den, crop_seed):
+        a = self.args
+        gt = d["test_gt"]
+        corners = random_crops(d["train_gt"], max(a.crops), seed=crop_seed)
         for n in a.crops:
             imgs = [d["train"][y : y + CROP_SIZE, x : x + CROP_SIZE] for y, x in corners[:n]]
             labs = [d["train_gt"][y : y + CROP_SIZE, x : x + CROP_SIZE] for y, x in corners[:n]]
             labeled = sum(int((lab_ > 0).any()) for lab_ in labs)
             for method, kw in self.net_methods(den):
-                res, secs = self.network(d, imgs, labs, kind="instances", **kw, seed=0)
+                res, secs = self.network(d, imgs, labs, kind="instances", **kw, seed=crop_seed)
                 variants = {}
                 if a.postprocess_variants:
                     variants = {
@@ -359,14 +371,13 @@ class Runner:
                     "crops",
                     n,
                     method,
-                    0,
+                    crop_seed,
                     score(gt, res.labels),
                     secs,
                     crops=corners[:n],
                     crops_with_nuclei=labeled,
                     postprocess=variants,
                 )
-        return den
 
     def net_methods(self, den):
         return (
@@ -377,7 +388,6 @@ class Runner:
 
     def run_noisy(self, name, d):
         from napari_aeseg.core.features import classic_features
-        from napari_aeseg.demo import simulated_scribbles
 
         gt = d["test_gt"]
         print(f"\n== {name}: noisy input, direct vs denoised first", flush=True)
@@ -386,7 +396,7 @@ class Runner:
         clean = dict(
             train=den.denoise(d["train"], device="cpu"), test=den.denoise(d["test"], device="cpu")
         )
-        sc = simulated_scribbles(d["train_gt"], fraction=0.01, seed=0)
+        sc = self.scribbles(d["train_gt"], fraction=0.01, seed=0)
         for variant, imgs in (("direct", d), ("denoised first", clean)):
             res, secs = self.network(
                 d, [imgs["train"]], [sc], kind="scribbles", encoder=den, test=imgs["test"], seed=0
@@ -407,11 +417,9 @@ class Runner:
 
     def run_ablation(self, d, den):
         """Encoder fine-tuning settings of (b) at the smallest scribble budget (real data)."""
-        from napari_aeseg.demo import simulated_scribbles
-
         gt = d["test_gt"]
         frac = min(self.args.fractions)
-        sc = simulated_scribbles(d["train_gt"], fraction=frac, seed=0)
+        sc = self.scribbles(d["train_gt"], fraction=frac, seed=0)
         print(
             f"\n== ablation: (b) fine-tuning settings, real, {frac * 100:g}% scribbles", flush=True
         )
@@ -435,7 +443,6 @@ class Runner:
         """
         from napari_aeseg.core.segmenter import SegmenterTrainer, make_segmenter_config
         from napari_aeseg.core.tiling import run_generator
-        from napari_aeseg.demo import simulated_scribbles
 
         a = self.args
         gt = d["test_gt"]
@@ -450,7 +457,7 @@ class Runner:
             print(f"  denoiser: {steps} steps in {secs:.0f} s", flush=True)
         base = dens[a.den_steps]
         for seed in a.net_seeds:
-            sc = simulated_scribbles(d["train_gt"], fraction=frac, seed=seed)
+            sc = self.scribbles(d["train_gt"], fraction=frac, seed=seed)
             t = time.perf_counter()
             cfg = make_segmenter_config(
                 d["train"].shape,
@@ -520,23 +527,40 @@ def summarise(rows):
     return out
 
 
-def targets(summary, fractions, crops):
-    """Issue #5 targets: (b) - (a) >= 0.05 AP at the smallest budgets; (b) > (e) on real."""
+def paired(rows, dataset, kind, budget, first, second):
+    """Per-seed AP differences ``second - first`` (same labels, same seed)."""
+    ap = {}
+    for r in rows:
+        if (r["dataset"], r["budget_kind"], str(r["budget"])) == (dataset, kind, budget):
+            ap[(r["method"], r["seed"])] = r["ap"]
+    seeds = sorted(s for m, s in ap if m == first and (second, s) in ap)
+    return [ap[(second, s)] - ap[(first, s)] for s in seeds]
+
+
+def targets(summary, rows, fractions, crops):
+    """Issue #5 targets: (b) - (a) >= 0.05 AP at the smallest budgets; (b) > (e) on real.
+
+    (b) - (a) is the mean over seeds of the paired difference (same labels and seed for
+    both networks), with its standard error and how many seeds (b) won.
+    """
     get = {(s["dataset"], s["budget_kind"], s["budget"], s["method"]): s["ap"] for s in summary}
     out = []
     small = [("scribbles", f"{min(fractions) * 100:g}%")] if fractions else []
     small += [("crops", str(min(crops)))] if crops else []
     for ds in ("synthetic", "real", "real+noise"):
         for kind, budget in small:
-            a = get.get((ds, kind, budget, "a random-init"))
-            b = get.get((ds, kind, budget, "b AE-pretrained"))
-            if a is None or b is None:
+            diffs = paired(rows, ds, kind, budget, "a random-init", "b AE-pretrained")
+            if not diffs:
                 continue
+            mean = float(np.mean(diffs))
+            se = float(np.std(diffs, ddof=1) / np.sqrt(len(diffs))) if len(diffs) > 1 else 0.0
             out.append(
                 dict(
                     target=f"{ds}, {kind} {budget}: b - a >= 0.05 AP",
-                    value=round(b - a, 3),
-                    met=bool(b - a >= 0.05),
+                    value=round(mean, 3),
+                    se=round(se, 3),
+                    wins=f"{sum(d > 0 for d in diffs)}/{len(diffs)}",
+                    met=bool(mean >= 0.05),
                 )
             )
     for f in fractions:
@@ -544,10 +568,15 @@ def targets(summary, fractions, crops):
         b = get.get(("real", "scribbles", budget, "b AE-pretrained"))
         e = get.get(("real", "scribbles", budget, "e skimage RF"))
         if b is not None and e is not None:
+            diffs = paired(rows, "real", "scribbles", budget, "e skimage RF", "b AE-pretrained")
             out.append(
                 dict(
                     target=f"real, scribbles {budget}: b > e",
                     value=round(b - e, 3),
+                    se=round(float(np.std(diffs, ddof=1) / np.sqrt(len(diffs))), 3)
+                    if len(diffs) > 1
+                    else 0.0,
+                    wins=f"{sum(d > 0 for d in diffs)}/{len(diffs)}",
                     met=bool(b > e),
                 )
             )
@@ -645,8 +674,20 @@ def main(argv=None) -> int:
     ap.add_argument("--den-steps", type=int, default=300)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--seeds", default="0,1", help="scribble seeds for the classifiers (d, e)")
-    ap.add_argument("--net-seeds", default="0,1", help="scribble seeds also used for networks a-c")
+    ap.add_argument(
+        "--scribbles",
+        choices=["strokes", "pixels"],
+        default="strokes",
+        help="simulated brush strokes (demo.simulated_strokes) or random pixels "
+        "(demo.simulated_scribbles)",
+    )
+    ap.add_argument("--seeds", default="0,1,2,3", help="scribble seeds for the classifiers (d, e)")
+    ap.add_argument(
+        "--net-seeds", default="0,1,2,3", help="scribble seeds also used for networks a-c"
+    )
+    ap.add_argument(
+        "--crop-seeds", default="0,1,2", help="crop positions (and network seeds) for crops"
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-ablation", action="store_true")
     ap.add_argument(
@@ -711,12 +752,13 @@ def main(argv=None) -> int:
         return 0
     args.seeds = [int(s) for s in args.seeds.split(",")]
     args.net_seeds = [int(s) for s in args.net_seeds.split(",")]
+    args.crop_seeds = [int(s) for s in args.crop_seeds.split(",") if s.strip()]
     args.fractions = [float(f) for f in args.fractions.split(",") if f.strip()]
     args.crops = [int(c) for c in args.crops.split(",") if c.strip()]
     if args.quick:
         args.seg_steps, args.den_steps = min(args.seg_steps, 30), min(args.den_steps, 30)
         args.fractions, args.crops, args.seeds = [0.01], [2], [0]
-        args.net_seeds = [0]
+        args.net_seeds, args.crop_seeds = [0], [0]
 
     import torch
 
@@ -740,7 +782,7 @@ def main(argv=None) -> int:
     total = time.perf_counter() - started
 
     summary = summarise(runner.rows)
-    tgt = targets(summary, args.fractions, args.crops)
+    tgt = targets(summary, runner.rows, args.fractions, args.crops)
     headers = [
         "dataset",
         "labels",
@@ -789,8 +831,8 @@ def main(argv=None) -> int:
     if pp_table:
         print("\n3-class post-processing on the same probabilities:\n" + pp_table)
     tgt_table = format_table(
-        ["target", "value", "met"],
-        [[t["target"], t["value"], t["met"]] for t in tgt],
+        ["target", "value", "se", "seeds won", "met"],
+        [[t["target"], t["value"], t["se"], t["wins"], t["met"]] for t in tgt],
         floatfmt=".3f",
     )
     print("\nTargets:\n" + tgt_table)
@@ -822,8 +864,10 @@ def main(argv=None) -> int:
             scribble_fractions=args.fractions,
             crop_counts=args.crops,
             crop_size=CROP_SIZE,
+            scribble_style=args.scribbles,
             classifier_seeds=args.seeds,
             network_seeds=args.net_seeds,
+            crop_seeds=args.crop_seeds,
             torch_threads=args.threads,
         ),
         split=dict(
