@@ -228,9 +228,17 @@ def test_demo_headless(tmp_path, monkeypatch):
     assert {p.name for p in tmp_path.iterdir()} >= {
         "denoised.tif",
         "denoiser.aeseg",
+        "segmenter.aeseg",
+        "scribbles.tif",
+        "labels.tif",
         "side_by_side.png",
         "summary.json",
     }
+    summary = json.loads((tmp_path / "summary.json").read_text())["segmentation"]
+    scribbles = tifffile.imread(tmp_path / "scribbles.tif")
+    assert summary["scribbled_pixels"] == int((scribbles > 0).sum())
+    assert 0.01 <= summary["scribbled_pixels"] / scribbles.size < 0.015
+    assert 2 <= summary["scribbled_nuclei"] <= 20, "strokes over a few nuclei, as a user paints"
 
 
 def test_segmentation_commands(files, model_file, capsys, nuclei_2d, tmp_path):

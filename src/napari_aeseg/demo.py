@@ -39,7 +39,8 @@ def run_demo(
     """The whole pipeline on the bundled real nuclei image.
 
     Trains an ``n2v2`` denoiser on the noisy image alone, denoises it, trains a segmenter
-    whose encoder comes from the denoiser on scribbles covering 1% of the pixels, segments
+    whose encoder comes from the denoiser on brush strokes covering 1% of the pixels
+    (:func:`simulated_strokes`; also written as ``scribbles.tif``), segments
     the nuclei and scores them against the sample's ground truth. Writes the images, both
     models and ``side_by_side.png`` (noisy | denoised | outlines) to ``out`` and returns a
     summary (also written as ``summary.json``). Opens napari with the layers when
@@ -92,10 +93,12 @@ def run_demo(
     model.save(out_dir / "denoiser.aeseg")
     write_tiff(out_dir / "denoised.tif", denoised, axes="YX")
 
-    # segmentation from a few labels: scribbles on 1% of the pixels, simulated from the
-    # sample's ground truth as a user would paint them (1 = background, 2 = nucleus)
+    # segmentation from a few labels: brush strokes across a few nuclei and the background
+    # (1% of the pixels), simulated from the sample's ground truth as a user would paint
+    # them (1 = background, 2 = nucleus)
     truth = load_sample("nuclei_2d_labels")
-    scribbles = simulated_scribbles(truth, fraction=0.01, seed=seed)
+    scribbles = simulated_strokes(truth, fraction=0.01, seed=seed)
+    write_tiff(out_dir / "scribbles.tif", scribbles, axes="YX")
     seg_config = make_segmenter_config(
         noisy.shape,
         encoder=model,
@@ -111,8 +114,9 @@ def run_demo(
     )
     if not quiet:
         print(
-            f"demo: training a segmenter from the denoiser's encoder on {int((scribbles > 0).sum())} "
-            f"scribbled pixels for {seg_steps} steps",
+            "demo: training a segmenter from the denoiser's encoder on "
+            f"{int((scribbles > 0).sum())} scribbled pixels "
+            f"({len(np.unique(truth[scribbles == 2]))} nuclei) for {seg_steps} steps",
             file=log,
         )
     bar = tqdm(total=seg_steps, desc="segmenter", unit="step", disable=quiet, file=log)
@@ -138,6 +142,7 @@ def run_demo(
         "noise_sigma_estimate_output": float(estimate_sigma(denoised)),
         "segmentation": {
             "scribbled_pixels": int((scribbles > 0).sum()),
+            "scribbled_nuclei": len(np.unique(truth[scribbles == 2])),
             "steps": segmenter.trained_steps,
             **{k: v for k, v in scores.as_dict().items()},
         },
@@ -145,6 +150,7 @@ def run_demo(
             "denoised.tif",
             "denoiser.aeseg",
             "segmenter.aeseg",
+            "scribbles.tif",
             "labels.tif",
             "probabilities.tif",
             "side_by_side.png",
@@ -159,7 +165,7 @@ def run_demo(
             file=log,
         )
     if open_viewer:
-        _show(noisy, denoised, model, result, truth, quiet)
+        _show(noisy, denoised, model, result, truth, scribbles, quiet)
     return summary
 
 
@@ -266,7 +272,7 @@ def _outlines(labels: np.ndarray) -> np.ndarray:
     return find_boundaries(labels, mode="inner")
 
 
-def _show(noisy, denoised, model, result, truth, quiet: bool) -> None:
+def _show(noisy, denoised, model, result, truth, scribbles, quiet: bool) -> None:
     if not display_available():
         if not quiet:
             print(
@@ -290,11 +296,16 @@ def _show(noisy, denoised, model, result, truth, quiet: bool) -> None:
     )
     viewer.add_labels(result.labels, name="nuclei (segmented)")
     viewer.add_labels(truth, name="ground truth", visible=False)
+    viewer.add_labels(scribbles, name="scribbles")
     try:
         from ._widgets.session import SESSION
 
         SESSION.add_model(model)
         viewer.window.add_plugin_dock_widget("napari-aeseg", "Denoise")
-    except (ImportError, KeyError, ValueError):
+        _, segment = viewer.window.add_plugin_dock_widget("napari-aeseg", "Segment")
+        # ready to paint more strokes and press Train & Segment (or switch to the instant
+        # classifier); scored against the ground truth as it goes
+        segment.set_options(image="nuclei (noisy)", labels="scribbles", ground_truth="ground truth")
+    except (ImportError, KeyError, ValueError, TypeError):
         pass
     napari.run()

@@ -400,7 +400,8 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         live = self._live
         self.destroyed.connect(lambda *_: live.unfollow())
         self._job_ref = job_ref
-        self._on_session_changed("")
+        denoisers = self._denoisers()  # the newest denoiser of the session is the encoder
+        self._on_session_changed(denoisers[-1] if denoisers else "")
         self._on_image_changed()
         self._on_mode_changed()
         self._update_buttons()
