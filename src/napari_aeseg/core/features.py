@@ -109,11 +109,19 @@ def classic_features(image: np.ndarray, *, axes: str = "YX") -> np.ndarray:
 
 @dataclass
 class PixelClassifier:
-    """A random forest on per-pixel features, fitted on scribbles (0 = not annotated)."""
+    """A random forest on per-pixel features, fitted on scribbles (0 = not annotated).
 
-    n_estimators: int = 48
+    Sized for refitting after every paint stroke: at most ``max_samples`` scribbled pixels
+    are used, and each tree is grown on a bootstrap sample of at most ``tree_samples`` of
+    them, so that the fit time stops growing with the amount of scribbles. On the real
+    nuclei image with brush strokes, 32 trees on samples of 5000 score the same AP as 48
+    trees on all pixels, in about half the fit time (``benchmarks/bench_classifier.py``).
+    """
+
+    n_estimators: int = 32
     max_depth: int = 14
     max_samples: int = 40_000
+    tree_samples: int = 5_000
     seed: int = 0
 
     def __post_init__(self):
@@ -148,6 +156,7 @@ class PixelClassifier:
             max_depth=self.max_depth,
             n_jobs=-1,
             class_weight="balanced",
+            max_samples=self.tree_samples if len(labeled) > self.tree_samples else None,
             random_state=self.seed,
         ).fit(x, y)
         self.n_classes = int(scribbles.max())
