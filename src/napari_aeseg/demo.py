@@ -298,7 +298,10 @@ def _show(noisy, denoised, model, result, truth, scribbles, quiet: bool) -> None
     viewer.add_labels(truth, name="ground truth", visible=False)
     viewer.add_labels(scribbles, name="scribbles")
     try:
+        from ._widgets.segment import class_colormap
         from ._widgets.session import SESSION
+
+        viewer.layers["scribbles"].colormap = class_colormap()  # the widget's colours
 
         SESSION.add_model(model)
         viewer.window.add_plugin_dock_widget("napari-aeseg", "Denoise")

@@ -32,6 +32,12 @@ def test_demo_opens_the_layers_and_a_ready_segment_widget(monkeypatch, qtbot):
         names = [layer.name for layer in viewer.layers]
         assert names[-1] == "scribbles" and "nuclei (segmented)" in names
         np.testing.assert_array_equal(viewer.layers["scribbles"].data, scribbles)
+        from napari_aeseg._widgets.segment import CLASS_COLORS
+
+        colors = viewer.layers["scribbles"].colormap.color_dict
+        from napari.utils.colormaps.standardize_color import transform_color
+
+        np.testing.assert_allclose(colors[2], transform_color(CLASS_COLORS[2])[0])
         segment = viewer.window.dock_widgets["Segment (napari-aeseg)"]
         assert segment.image_combo.currentText() == "nuclei (noisy)"
         assert segment.labels_combo.currentText() == "scribbles"

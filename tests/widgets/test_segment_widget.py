@@ -131,6 +131,9 @@ def test_instant_classifier_then_more_scribbles_updates_the_same_layers(
     assert prob.data.shape == truth.shape and prob.data.dtype == np.float32
     assert "AP@0.5" in widget.metrics.text() and "pixel IoU" in widget.metrics.text()
     assert widget._features is not None, "features are cached for the next refit"
+    names = [ly.name for ly in viewer.layers]
+    assert names[-1] == scribble_layer.name, "the scribbles stay visible above the results"
+    assert viewer.layers.selection.active.name == scribble_layer.name
 
     # more scribbles: the same three layers are updated, nothing is added
     n_layers = len(viewer.layers)
@@ -234,6 +237,8 @@ def test_stop_ends_a_fine_tune_run_within_a_second(qtbot, segment_viewer, cells,
     widget.set_options(**{**TINY_SEG, "steps": 100_000})
     widget.run_button.click()
     qtbot.waitUntil(lambda: widget.progress.value() >= 3, timeout=60_000)
+    assert not widget.image_combo.isEnabled() and not widget.steps.isEnabled()
+    assert widget.stop_button.isEnabled()
 
     t0 = time.perf_counter()
     widget.stop_button.click()
@@ -245,6 +250,7 @@ def test_stop_ends_a_fine_tune_run_within_a_second(qtbot, segment_viewer, cells,
     assert widget.model is not None and 3 <= widget.model.trained_steps < 100_000
     assert widget.model.name in empty_session
     assert widget.run_button.isEnabled() and not widget.stop_button.isEnabled()
+    assert widget.image_combo.isEnabled() and widget.steps.isEnabled()
 
 
 def test_time_series_classifies_the_frame_shown(qtbot, make_napari_viewer, cells):

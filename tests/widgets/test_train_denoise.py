@@ -33,6 +33,8 @@ def test_train_from_start_button_then_denoise(qtbot, viewer_with_widgets, nuclei
     # the preview (every 20 steps) overlays the input
     preview = viewer.layers["noisy preview"]
     assert preview.data.shape == noisy.shape
+    offered = [train.layer_list.item(i).text() for i in range(train.layer_list.count())]
+    assert offered == ["noisy"], "the preview is never offered as a training image"
     # the model is offered in the Denoise widget, selected
     assert denoise.model_names() == [model.name] == ["noisy-n2v"]
     assert denoise.model_combo.currentText() == model.name

@@ -202,6 +202,14 @@ def image_layers(viewer) -> list[Image]:
     return [ly for ly in viewer.layers if isinstance(ly, Image)]
 
 
+#: ``layer.metadata`` of the Train widget's preview layer (never a training input)
+PREVIEW_METADATA = {"napari_aeseg": "training preview"}
+
+
+def is_preview(layer) -> bool:
+    return layer.metadata.get("napari_aeseg") == PREVIEW_METADATA["napari_aeseg"]
+
+
 class _FollowsLayers:
     """Mixin: refresh from the viewer's image layers on insert/remove/move/rename."""
 
@@ -283,7 +291,7 @@ class ImageLayerList(_FollowsLayers, QListWidget):
         return hint
 
     def _refresh(self) -> None:
-        layers = image_layers(self._viewer)
+        layers = [ly for ly in image_layers(self._viewer) if not is_preview(ly)]
         self._watch_names(layers)
         names = [ly.name for ly in layers]
         if names == [self.item(i).text() for i in range(self.count())]:

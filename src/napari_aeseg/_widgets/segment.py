@@ -409,9 +409,12 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
     # ------------------------------------------------------------------ layout
     def _build(self) -> None:
         outer = QVBoxLayout(self)
-        form = QFormLayout()
+        # the inputs sit in one box, locked while a network trains (they would not apply)
+        self.form_box = QWidget()
+        form = QFormLayout(self.form_box)
+        form.setContentsMargins(0, 0, 0, 0)
         form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
-        outer.addLayout(form)
+        outer.addWidget(self.form_box)
 
         self.image_combo = ImageLayerCombo(self.viewer, self)
         self.image_combo.layer_changed.connect(self._on_image_changed)
@@ -439,8 +442,8 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         row.addWidget(self.new_scribbles_button)
         form.addRow("Labels", labels_row)
         self.hint = QLabel(
-            "Paint 1 = background (orange), 2 = foreground (cyan); semantic: 3, 4... more "
-            "classes; 0 = not annotated."
+            "Paint 1 = background, 2 = foreground (orange and cyan in a layer made with "
+            "'New scribble layer'); semantic: 3, 4... more classes; 0 = not annotated."
         )
         self.hint.setWordWrap(True)
         form.addRow(self.hint)
@@ -761,6 +764,11 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         self.stop_button.setEnabled(self._running)
         for w in (self.load_button, self.new_scribbles_button, self.mode_combo):
             w.setEnabled(idle)
+        # while a network trains the form would not apply to the run; live refits of the
+        # feature classifier are short and painting goes on, so nothing is locked for them
+        locked = self._running and not self.instant
+        self.form_box.setEnabled(not locked)
+        self.advanced.setEnabled(not locked)
         self.save_button.setEnabled(idle and self._model is not None)
 
     # ------------------------------------------------------------------ actions
@@ -1102,8 +1110,11 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         layer = _put(self.viewer, Labels, names[0], labels, space, opacity=0.5)
         _class_or_object_colors(layer, semantic=target == "semantic")
         labels_layer = self.labels_combo.layer()
-        if labels_layer is not None:  # keep painting where the user was
-            self.viewer.layers.selection.active = labels_layer
+        if labels_layer is not None:  # keep painting where the user was, and see the strokes
+            layers = self.viewer.layers
+            if layers.index(labels_layer) < layers.index(layer):
+                layers.move(layers.index(labels_layer), len(layers))
+            layers.selection.active = labels_layer
         n = int(len(np.unique(result.labels)) - (result.labels == 0).any())
         what = "objects" if target == "instances" else "classes"
         where = f" in frame {frame}" if frame is not None else ""

@@ -38,6 +38,7 @@ from ..core.devices import describe_device, resolve_device
 from ..core.errors import AesegError, InvalidInputError
 from ..core.training import DenoiserTrainer, TrainingProgress, make_denoiser_config
 from ._common import (
+    PREVIEW_METADATA,
     DeviceCombo,
     Failure,
     ImageLayerList,
@@ -711,7 +712,7 @@ class TrainDenoiserWidget(StopsWhenUndocked, QWidget):
             self.viewer,
             f"{region.layer_name} preview",
             crop.astype(np.float32),
-            region.metadata,
+            {**region.metadata, "metadata": dict(PREVIEW_METADATA)},
             region.display,
         )
 
