@@ -666,6 +666,58 @@ def plot(summary, rows, path, fractions, crops, postprocess="interior dist. h-ma
     plt.close(fig)
 
 
+def summary_table(summary) -> str:
+    return format_table(
+        ["dataset", "labels", "budget", "method", "AP@0.5", "sd", "mean IoU", "pixel IoU", "seeds"],
+        [
+            [
+                s["dataset"],
+                s["budget_kind"],
+                s["budget"],
+                s["method"],
+                s["ap"],
+                s["ap_sd"],
+                s["mean_iou"],
+                s["pixel_iou"],
+                s["n_seeds"],
+            ]
+            for s in summary
+        ],
+        floatfmt=".3f",
+    )
+
+
+def targets_table(tgt) -> str:
+    return format_table(
+        ["target", "value", "se", "seeds won", "met"],
+        [[t["target"], t["value"], t["se"], t["wins"], t["met"]] for t in tgt],
+        floatfmt=".3f",
+    )
+
+
+def report(paths) -> int:
+    """Summary and targets over the pooled rows of several results files."""
+    import json
+
+    rows, fractions, crops = [], set(), set()
+    for p in paths:
+        res = json.loads(Path(p).read_text())
+        rows += res["rows"]
+        fractions |= set(res["budgets"]["scribble_fractions"])
+        crops |= set(res["budgets"]["crop_counts"])
+        print(f"{p}: {len(res['rows'])} rows, code {res['machine'].get('code')}")
+    seen = set()
+    for r in rows:
+        key = (r["dataset"], r["budget_kind"], str(r["budget"]), r["method"], r["seed"])
+        if key in seen:
+            raise SystemExit(f"{key} is in more than one file: pool runs with other seeds")
+        seen.add(key)
+    summary = summarise(rows)
+    print("\n" + summary_table(summary))
+    print("\nTargets:\n" + targets_table(targets(summary, rows, sorted(fractions), sorted(crops))))
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="few steps, one budget of each kind")
@@ -724,9 +776,17 @@ def main(argv=None) -> int:
         default="interior dist. h-maxima h=1",
         help="post-processing variant drawn dashed in the crop panels",
     )
+    ap.add_argument(
+        "--report",
+        metavar="JSON",
+        help="pool the rows of several results files (comma-separated; e.g. a run with more "
+        "seeds), print the summary and the targets over all of them, and exit",
+    )
     ap.add_argument("--out", default=None)
     ap.add_argument("--notes", default="")
     args = ap.parse_args(argv)
+    if args.report:
+        return report(args.report.split(","))
     if args.plot_only:
         import json
 
@@ -783,35 +843,7 @@ def main(argv=None) -> int:
 
     summary = summarise(runner.rows)
     tgt = targets(summary, runner.rows, args.fractions, args.crops)
-    headers = [
-        "dataset",
-        "labels",
-        "budget",
-        "method",
-        "AP@0.5",
-        "sd",
-        "mean IoU",
-        "pixel IoU",
-        "seeds",
-    ]
-    table = format_table(
-        headers,
-        [
-            [
-                s["dataset"],
-                s["budget_kind"],
-                s["budget"],
-                s["method"],
-                s["ap"],
-                s["ap_sd"],
-                s["mean_iou"],
-                s["pixel_iou"],
-                s["n_seeds"],
-            ]
-            for s in summary
-        ],
-        floatfmt=".3f",
-    )
+    table = summary_table(summary)
     print("\n" + table)
     pp_rows = [
         [r["dataset"], r["budget"], r["method"], k, v["ap"], v["mean_iou"]]
@@ -830,11 +862,7 @@ def main(argv=None) -> int:
     )
     if pp_table:
         print("\n3-class post-processing on the same probabilities:\n" + pp_table)
-    tgt_table = format_table(
-        ["target", "value", "se", "seeds won", "met"],
-        [[t["target"], t["value"], t["se"], t["wins"], t["met"]] for t in tgt],
-        floatfmt=".3f",
-    )
+    tgt_table = targets_table(tgt)
     print("\nTargets:\n" + tgt_table)
     print(f"\ntotal {total / 60:.1f} min")
 
