@@ -387,6 +387,7 @@ class Runner:
         )
 
     def run_noisy(self, name, d):
+        """(b) and (e) on the noisy image directly vs denoised first, 1 % scribbles."""
         from napari_aeseg.core.features import classic_features
 
         gt = d["test_gt"]
@@ -396,24 +397,32 @@ class Runner:
         clean = dict(
             train=den.denoise(d["train"], device="cpu"), test=den.denoise(d["test"], device="cpu")
         )
-        sc = self.scribbles(d["train_gt"], fraction=0.01, seed=0)
         for variant, imgs in (("direct", d), ("denoised first", clean)):
-            res, secs = self.network(
-                d, [imgs["train"]], [sc], kind="scribbles", encoder=den, test=imgs["test"], seed=0
-            )
-            self.add(
-                name,
-                "scribbles",
-                "1%",
-                f"b AE-pretrained, {variant}",
-                0,
-                score(gt, res.labels),
-                secs,
-            )
-            lab, secs = self.classifier(
-                classic_features(imgs["train"]), classic_features(imgs["test"]), sc, 0
-            )
-            self.add(name, "scribbles", "1%", f"e skimage RF, {variant}", 0, score(gt, lab), secs)
+            feats = classic_features(imgs["train"]), classic_features(imgs["test"])
+            for seed in self.args.net_seeds:
+                sc = self.scribbles(d["train_gt"], fraction=0.01, seed=seed)
+                res, secs = self.network(
+                    d,
+                    [imgs["train"]],
+                    [sc],
+                    kind="scribbles",
+                    encoder=den,
+                    test=imgs["test"],
+                    seed=seed,
+                )
+                self.add(
+                    name,
+                    "scribbles",
+                    "1%",
+                    f"b AE-pretrained, {variant}",
+                    seed,
+                    score(gt, res.labels),
+                    secs,
+                )
+                lab, secs = self.classifier(*feats, sc, seed)
+                self.add(
+                    name, "scribbles", "1%", f"e skimage RF, {variant}", seed, score(gt, lab), secs
+                )
 
     def run_ablation(self, d, den):
         """Encoder fine-tuning settings of (b) at the smallest scribble budget (real data)."""
