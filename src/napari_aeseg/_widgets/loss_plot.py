@@ -47,6 +47,22 @@ def _log_ticks(y0: float, y1: float, mantissas) -> list[float]:
     return ticks
 
 
+def _y_ticks(y0: float, y1: float, height: float, min_gap: float) -> list[float]:
+    """Log-axis ticks: 1..9, else 1-2-5, else powers of ten (every k-th decade), picking
+    the densest of these whose neighbours are at least ``min_gap`` pixels apart."""
+    per_decade = height / max(y1 - y0, 1e-9)  # pixels per factor of 10
+    for mantissas in (range(1, 10), (1, 2, 5)):
+        ticks = _log_ticks(y0, y1, mantissas)
+        gaps = np.diff(np.log10(ticks)) * per_decade if len(ticks) > 1 else [np.inf]
+        if len(ticks) >= 2 and min(gaps) >= min_gap:
+            return ticks
+    every = max(1, math.ceil(min_gap / per_decade))
+    decades = [10.0**e for e in range(math.ceil(y0), math.floor(y1) + 1) if e % every == 0]
+    if decades:
+        return decades
+    return _log_ticks(y0, y1, (1, 2, 5))[:1]
+
+
 class LossPlot(QWidget):
     """Training loss (raw, faint, and smoothed) and validation loss against the step.
 
@@ -61,6 +77,7 @@ class LossPlot(QWidget):
         self._val: list[float] = []
         self._dirty = False
         self._planned_steps = 0
+        self._axis_range = (0.0, 0.0)  # log10 of the loss axis, as last drawn
         self.repaints = 0
         self.setMinimumHeight(150)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
@@ -142,12 +159,19 @@ class LossPlot(QWidget):
         positive = shown[shown > 0]
         if positive.size == 0:
             return
-        y0 = math.log10(float(positive.min()))
+        # the bottom follows the smoothed curve (and validation), not one lucky batch: the
+        # raw curve below it is clipped, so a single tiny loss does not squeeze the plot
+        cut = len(train) // 20 if len(train) > 20 else 0
+        settled = np.concatenate([smooth[cut:], val])
+        settled = settled[settled > 0]
+        low = min(float(np.percentile(positive, 2)), float(settled.min(initial=np.inf)))
+        y0 = math.log10(low)
         y1 = math.log10(float(np.percentile(positive, 99.5)))
         if y1 - y0 < 1e-3:
             y0, y1 = y0 - 0.05, y1 + 0.05
         pad = 0.05 * (y1 - y0)
         y0, y1 = y0 - pad, y1 + pad
+        self._axis_range = (y0, y1)
 
         def to_px(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
             ly = np.log10(np.clip(ys, 10**y0, 10**y1))
@@ -199,17 +223,9 @@ class LossPlot(QWidget):
                 label,
             )
             x += step
-        # y: 1-2-5 values per decade (all nine when the range is narrow), never crowded
-        min_gap = 1.4 * fm.height()
-        ticks = _log_ticks(y0, y1, (1, 2, 5))
-        if len(ticks) < 3:
-            ticks = _log_ticks(y0, y1, range(1, 10))
-        last_py = math.inf
-        for t in ticks:
+        # y: the densest regular set of log ticks whose labels do not crowd
+        for t in _y_ticks(y0, y1, plot.height(), 1.4 * fm.height()):
             py = plot.bottom() - (math.log10(t) - y0) / (y1 - y0) * plot.height()
-            if last_py - py < min_gap:
-                continue
-            last_py = py
             p.setPen(QPen(faint, 1))
             p.drawLine(QPointF(plot.left(), py), QPointF(plot.right(), py))
             p.setPen(fg)

@@ -523,7 +523,7 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         )
         form.addRow("Ground truth", self.truth_combo)
 
-        self.advanced = QCollapsible("Advanced")
+        self.advanced = QCollapsible("Advanced", expandedIcon="▼", collapsedIcon="▶")
         adv = QWidget()
         adv_form = QFormLayout(adv)
         adv_form.setContentsMargins(0, 0, 0, 0)

@@ -377,7 +377,7 @@ class TrainDenoiserWidget(StopsWhenUndocked, QWidget):
         self.name_edit.setToolTip("The name the model gets in this session and in its file")
         form.addRow("Model name", self.name_edit)
 
-        self.advanced = QCollapsible("Advanced")
+        self.advanced = QCollapsible("Advanced", expandedIcon="▼", collapsedIcon="▶")
         adv = QWidget()
         adv_form = QFormLayout(adv)
         adv_form.setContentsMargins(0, 0, 0, 0)
