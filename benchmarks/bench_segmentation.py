@@ -715,12 +715,16 @@ def report(paths) -> int:
         fractions |= set(res["budgets"]["scribble_fractions"])
         crops |= set(res["budgets"]["crop_counts"])
         print(f"{p}: {len(res['rows'])} rows, code {res['machine'].get('code')}")
-    seen = set()
+    seen, pooled = set(), []
     for r in rows:
         key = (r["dataset"], r["budget_kind"], str(r["budget"]), r["method"], r["seed"])
         if key in seen:
+            if r["budget_kind"] == "none":
+                continue  # the label-free baselines are the same in every run
             raise SystemExit(f"{key} is in more than one file: pool runs with other seeds")
         seen.add(key)
+        pooled.append(r)
+    rows = pooled
     summary = summarise(rows)
     print("\n" + summary_table(summary))
     print("\nTargets:\n" + targets_table(targets(summary, rows, sorted(fractions), sorted(crops))))
