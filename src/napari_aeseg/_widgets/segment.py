@@ -488,7 +488,9 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
 
         self.denoise_check = QCheckBox("Denoise first with")
         self.denoise_check.setToolTip(
-            "Denoise the image before training, segmenting and computing features"
+            "Denoise the image before training, segmenting and computing features. Helps the "
+            "feature classifier on noisy images; a network whose encoder comes from the same "
+            "denoiser did better on the noisy image itself (docs/segmentation_benchmark.md)"
         )
         self.denoise_check.toggled.connect(lambda *_: self._on_denoise_toggled())
         self.denoiser_combo = QComboBox()
