@@ -228,7 +228,7 @@ class Runner:
             batch_size=a.batch,
             patch_size=64,
             learning_rate=a.lr,
-            base_channels=16,
+            base_channels=a.base_channels,
             depth=2,
             device="cpu",
             **extra,
@@ -261,7 +261,7 @@ class Runner:
             image,
             mode="n2v2",
             steps=a.den_steps,
-            base_channels=16,
+            base_channels=a.base_channels,
             learning_rate=2e-3,
             patch_size=64,
             batch_size=8,
@@ -738,6 +738,12 @@ def main(argv=None) -> int:
     ap.add_argument("--seg-steps", type=int, default=150)
     ap.add_argument("--den-steps", type=int, default=300)
     ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument(
+        "--base-channels",
+        type=int,
+        default=16,
+        help="width of the denoisers and segmenters (the engine's default is 32)",
+    )
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument(
         "--scribbles",
@@ -890,7 +896,7 @@ def main(argv=None) -> int:
                 batch_size=args.batch,
                 patch_size=64,
                 learning_rate=args.lr,
-                base_channels=16,
+                base_channels=args.base_channels,
                 depth=2,
             ),
             denoiser=dict(
@@ -899,7 +905,7 @@ def main(argv=None) -> int:
                 batch_size=8,
                 patch_size=64,
                 learning_rate=2e-3,
-                base_channels=16,
+                base_channels=args.base_channels,
                 depth=2,
             ),
             scribble_fractions=args.fractions,
