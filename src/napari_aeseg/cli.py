@@ -158,6 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--steps", type=int, default=400, help="denoiser training steps")
     m.add_argument("--seg-steps", type=int, default=200, help="segmenter training steps")
     m.add_argument("--no-viewer", action="store_true", help="never open napari")
+    m.add_argument(
+        "--no-corrections",
+        action="store_true",
+        help="one round of scribbles only (by default a second round adds corrections where "
+        "the first result is wrong, as a user would)",
+    )
     _device_seed(m, seed=True)
     return p
 
@@ -448,6 +454,7 @@ def _demo(args) -> int:
         out=args.out,
         steps=args.steps,
         seg_steps=args.seg_steps,
+        correction_rounds=not args.no_corrections,
         device=args.device,
         seed=args.seed,
         open_viewer=not args.no_viewer,

@@ -33,6 +33,7 @@ def run_demo(
     seg_steps: int = 200,
     device: str = "auto",
     seed: int = 0,
+    correction_rounds: bool = True,
     open_viewer: bool = True,
     quiet: bool = False,
 ) -> dict:
@@ -40,8 +41,10 @@ def run_demo(
 
     Trains an ``n2v2`` denoiser on the noisy image alone, denoises it, trains a segmenter
     whose encoder comes from the denoiser on brush strokes covering 1% of the pixels
-    (:func:`simulated_strokes`; also written as ``scribbles.tif``), segments
-    the nuclei and scores them against the sample's ground truth. Writes the images, both
+    (:func:`simulated_strokes`), segments the nuclei and scores them against the sample's
+    ground truth. With ``correction_rounds``, a second round adds corrections on 0.5% of the
+    pixels where the first result is wrong (:func:`simulated_corrections`), as a user does
+    after seeing it, and trains again; ``scribbles.tif`` holds all the labels used. Writes the images, both
     models and ``side_by_side.png`` (noisy | denoised | outlines) to ``out`` and returns a
     summary (also written as ``summary.json``). Opens napari with the layers when
     a display is present, napari is installed and ``open_viewer`` is true.
@@ -95,37 +98,56 @@ def run_demo(
 
     # segmentation from a few labels: brush strokes across a few nuclei and the background
     # (1% of the pixels), simulated from the sample's ground truth as a user would paint
-    # them (1 = background, 2 = nucleus)
+    # them (1 = background, 2 = nucleus); then, as a user does after seeing the result, a
+    # second round with corrections where the first result is wrong
     truth = load_sample("nuclei_2d_labels")
     scribbles = simulated_strokes(truth, fraction=0.01, seed=seed)
-    write_tiff(out_dir / "scribbles.tif", scribbles, axes="YX")
-    seg_config = make_segmenter_config(
-        noisy.shape,
-        encoder=model,
-        labels_kind="scribbles",
-        n_classes=2,
-        steps=seg_steps,
-        batch_size=8,
-        learning_rate=1e-3,
-        seed=seed,
-    )
-    seg_trainer = SegmenterTrainer(
-        [noisy], [scribbles], seg_config, encoder=model, device=device, name="demo-segmenter"
-    )
-    if not quiet:
-        print(
-            "demo: training a segmenter from the denoiser's encoder on "
-            f"{int((scribbles > 0).sum())} scribbled pixels "
-            f"({len(np.unique(truth[scribbles == 2]))} nuclei) for {seg_steps} steps",
-            file=log,
+    stroked_nuclei = len(np.unique(truth[scribbles == 2]))
+
+    def train_and_segment(labels, what):
+        config = make_segmenter_config(
+            noisy.shape,
+            encoder=model,
+            labels_kind="scribbles",
+            n_classes=2,
+            steps=seg_steps,
+            batch_size=8,
+            learning_rate=1e-3,
+            seed=seed,
         )
-    bar = tqdm(total=seg_steps, desc="segmenter", unit="step", disable=quiet, file=log)
-    for _ in seg_trainer.run():
-        bar.update(1)
-    bar.close()
-    segmenter = seg_trainer.result()
-    result = segmenter.segment(noisy, device=device)
-    scores = score_instances(truth, result.labels)
+        trainer = SegmenterTrainer(
+            [noisy], [labels], config, encoder=model, device=device, name="demo-segmenter"
+        )
+        if not quiet:
+            print(
+                f"demo: training a segmenter from the denoiser's encoder on {what} for "
+                f"{seg_steps} steps",
+                file=log,
+            )
+        bar = tqdm(total=seg_steps, desc="segmenter", unit="step", disable=quiet, file=log)
+        for _ in trainer.run():
+            bar.update(1)
+        bar.close()
+        segmenter = trainer.result()
+        result = segmenter.segment(noisy, device=device)
+        scores = score_instances(truth, result.labels)
+        if not quiet:
+            print(f"demo: {scores.summary()}", file=log)
+        return segmenter, result, scores
+
+    segmenter, result, scores = train_and_segment(
+        scribbles,
+        f"{int((scribbles > 0).sum())} scribbled pixels ({stroked_nuclei} nuclei)",
+    )
+    rounds = [{"scribbled_pixels": int((scribbles > 0).sum()), **scores.as_dict()}]
+    if correction_rounds:
+        fixes = simulated_corrections(truth, result.labels, fraction=0.005, seed=seed)
+        scribbles = np.where(scribbles > 0, scribbles, fixes).astype(np.uint8)
+        segmenter, result, scores = train_and_segment(
+            scribbles, f"those and {int((fixes > 0).sum())} correction pixels"
+        )
+        rounds.append({"scribbled_pixels": int((scribbles > 0).sum()), **scores.as_dict()})
+    write_tiff(out_dir / "scribbles.tif", scribbles, axes="YX")
     segmenter.save(out_dir / "segmenter.aeseg")
     write_tiff(out_dir / "labels.tif", result.labels, axes="YX")
     write_tiff(out_dir / "probabilities.tif", result.probabilities, axes="CYX")
@@ -142,7 +164,8 @@ def run_demo(
         "noise_sigma_estimate_output": float(estimate_sigma(denoised)),
         "segmentation": {
             "scribbled_pixels": int((scribbles > 0).sum()),
-            "scribbled_nuclei": len(np.unique(truth[scribbles == 2])),
+            "stroked_nuclei": stroked_nuclei,
+            "rounds": rounds,
             "steps": segmenter.trained_steps,
             **{k: v for k, v in scores.as_dict().items()},
         },
@@ -264,6 +287,38 @@ def simulated_strokes(
             plane[stroke & (plane == 0)] = 1
         annotated = int((out > 0).sum())
     return out if truth.ndim == 3 else out[0]
+
+
+def simulated_corrections(
+    truth: np.ndarray, prediction: np.ndarray, *, fraction: float, seed: int = 0
+) -> np.ndarray:
+    """Corrections a user paints after seeing a result: 1 = background, 2 = object.
+
+    Small dabs of a 3-pixel brush on pixels that ``prediction`` gets wrong, each painted
+    with the true class and kept on pixels of that class: 70 % of ``fraction`` on
+    background predicted as object (where touching objects merge, or an object overflows),
+    30 % on object pixels that were missed.
+    """
+    rng = np.random.default_rng(seed)
+    truth, prediction = np.asarray(truth), np.asarray(prediction)
+    out = np.zeros(truth.shape, np.uint8)
+    budget = max(1, int(round(fraction * truth.size)))
+    wrong = (
+        (1, (prediction > 0) & (truth == 0), 0.7),
+        (2, (prediction == 0) & (truth > 0), 0.3),
+    )
+    for value, mask, share in wrong:
+        painted = 0
+        for flat in rng.permutation(np.flatnonzero(mask)):
+            if painted >= share * budget:
+                break
+            centre = np.unravel_index(flat, truth.shape)
+            box = tuple(slice(max(0, c - 1), c + 2) for c in centre)
+            right = (truth[box] > 0) if value == 2 else (truth[box] == 0)
+            new = right & (out[box] == 0)
+            out[box][new] = value
+            painted += int(new.sum())
+    return out
 
 
 def _outlines(labels: np.ndarray) -> np.ndarray:

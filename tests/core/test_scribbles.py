@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from napari_aeseg.core.synthetic import synthetic_nuclei
-from napari_aeseg.demo import simulated_scribbles, simulated_strokes
+from napari_aeseg.demo import simulated_corrections, simulated_scribbles, simulated_strokes
 
 
 @pytest.fixture(scope="module")
@@ -59,3 +59,22 @@ def test_strokes_in_3d_lie_in_single_planes():
 def test_strokes_refuse_other_dimensions():
     with pytest.raises(ValueError, match="2D or 3D"):
         simulated_strokes(np.zeros((2, 2, 8, 8), np.uint16), fraction=0.1)
+
+
+def test_corrections_paint_the_true_class_where_the_prediction_is_wrong(truth):
+    from scipy import ndimage as ndi
+
+    # a prediction that merges neighbours (objects grown by 3 px) and misses a few objects
+    grown = ndi.grey_dilation(truth, size=7) * (ndi.distance_transform_edt(truth == 0) <= 3)
+    missed = np.isin(truth, np.unique(truth)[1:6])
+    prediction = np.where(missed, 0, grown)
+    fixes = simulated_corrections(truth, prediction, fraction=0.01, seed=0)
+    assert set(np.unique(fixes)) == {0, 1, 2}
+    assert (truth[fixes == 1] == 0).all() and (truth[fixes == 2] > 0).all()
+    assert (prediction[fixes == 1] > 0).mean() > 0.3, "background dabs go where it overflowed"
+    assert (prediction[fixes == 2] == 0).mean() > 0.3, "object dabs go on missed objects"
+    n = (fixes > 0).sum()
+    assert 0.01 * truth.size <= n < 0.01 * truth.size + 20
+    assert 0.6 < (fixes == 1).sum() / n < 0.8
+    perfect = simulated_corrections(truth, truth, fraction=0.01, seed=0)
+    assert not perfect.any(), "nothing to correct"
