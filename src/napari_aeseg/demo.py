@@ -75,23 +75,29 @@ def run_demo(
     )
     trainer = DenoiserTrainer([noisy], config, device=device, name="demo-n2v2")
     log = sys.stderr
-    if not quiet:
-        print(
-            f"demo: training an n2v2 denoiser on the bundled nuclei image "
-            f"({noisy.shape[1]}x{noisy.shape[0]}) for {steps} steps on {trainer.device.type}",
-            file=log,
-        )
-    bar = tqdm(total=steps, desc="train", unit="step", disable=quiet, file=log)
-    gen = trainer.run()
-    while True:
-        try:
-            p = next(gen)
-        except StopIteration as done:
-            model = done.value
-            break
-        bar.update(1)
-        bar.set_postfix(loss=f"{p.train_loss:.4g}", refresh=False)
-    bar.close()
+
+    def run_with_bar(trainer, total, desc, message):
+        """Run a trainer's generator with a progress bar; returns its model."""
+        if not quiet:
+            print(f"demo: {message}", file=log)
+        bar = tqdm(total=total, desc=desc, unit="step", disable=quiet, file=log)
+        gen = trainer.run()
+        while True:
+            try:
+                p = next(gen)
+            except StopIteration as done:
+                bar.close()
+                return done.value
+            bar.update(1)
+            bar.set_postfix(loss=f"{p.train_loss:.4g}", refresh=False)
+
+    model = run_with_bar(
+        trainer,
+        steps,
+        "train",
+        f"training an n2v2 denoiser on the bundled nuclei image "
+        f"({noisy.shape[1]}x{noisy.shape[0]}) for {steps} steps on {trainer.device.type}",
+    )
     denoised = model.denoise(noisy, device=device)
     model.save(out_dir / "denoiser.aeseg")
     write_tiff(out_dir / "denoised.tif", denoised, axes="YX")
@@ -118,17 +124,12 @@ def run_demo(
         trainer = SegmenterTrainer(
             [noisy], [labels], config, encoder=model, device=device, name="demo-segmenter"
         )
-        if not quiet:
-            print(
-                f"demo: training a segmenter from the denoiser's encoder on {what} for "
-                f"{seg_steps} steps",
-                file=log,
-            )
-        bar = tqdm(total=seg_steps, desc="segmenter", unit="step", disable=quiet, file=log)
-        for _ in trainer.run():
-            bar.update(1)
-        bar.close()
-        segmenter = trainer.result()
+        segmenter = run_with_bar(
+            trainer,
+            seg_steps,
+            "segmenter",
+            f"training a segmenter from the denoiser's encoder on {what} for {seg_steps} steps",
+        )
         result = segmenter.segment(noisy, device=device)
         scores = score_instances(truth, result.labels)
         if not quiet:
