@@ -350,7 +350,7 @@ def _show(noisy, denoised, model, result, truth, scribbles, quiet: bool) -> None
     viewer.add_image(
         result.probabilities[1], name="nucleus probability", colormap="magma", visible=False
     )
-    viewer.add_labels(result.labels, name="nuclei (segmented)")
+    viewer.add_labels(result.labels, name="nuclei (segmented)", opacity=0.5)
     viewer.add_labels(truth, name="ground truth", visible=False)
     viewer.add_labels(scribbles, name="scribbles")
     try:

@@ -441,9 +441,11 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         row.addWidget(self.labels_combo, 1)
         row.addWidget(self.new_scribbles_button)
         form.addRow("Labels", labels_row)
-        self.hint = QLabel(
-            "Paint 1 = background, 2 = foreground (orange and cyan in a layer made with "
-            "'New scribble layer'); semantic: 3, 4... more classes; 0 = not annotated."
+        self.hint = QLabel("Paint 1 = background, 2 = foreground (3, 4... more classes).")
+        self.hint.setToolTip(
+            "0 = not annotated (ignored). A layer made with 'New scribble layer' shows "
+            "background in orange and foreground in cyan. For semantic classes, paint "
+            "class k as label k + 1."
         )
         self.hint.setWordWrap(True)
         form.addRow(self.hint)
