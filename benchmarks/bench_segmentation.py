@@ -351,6 +351,85 @@ class Runner:
             self.run_crops(name, d, den, crop_seed)
         return den
 
+    def run_corrections(self, name, d):
+        """The interactive loop: strokes, then corrections where the result is wrong.
+
+        Round 1 trains on strokes (the smallest ``--fractions`` budget). Its prediction on the
+        training part (what the user sees while painting) gets ``--corrections`` of the pixels
+        as corrections (``demo.simulated_corrections``), and round 2 trains again on both.
+        Both rounds are scored on the test part. For (a), (b) and (d).
+        """
+        from napari_aeseg.core.features import PixelClassifier, encoder_features
+        from napari_aeseg.core.postprocess import instances_from_probabilities
+        from napari_aeseg.core.segmenter import train_segmenter
+        from napari_aeseg.demo import simulated_corrections
+
+        a = self.args
+        gt = d["test_gt"]
+        frac = min(a.fractions)
+        print(f"\n== {name}: corrections, {frac * 100:g}% strokes + {a.corrections * 100:g}%")
+        den, secs = self.train_denoiser(d["train"])
+        self.timings[f"{name} denoiser"] = round(secs, 1)
+        feats = (
+            encoder_features(den, d["train"], device="cpu"),
+            encoder_features(den, d["test"], device="cpu"),
+        )
+
+        def networks(encoder):
+            def fit(labels, seed):
+                model = train_segmenter(
+                    [d["train"]],
+                    [labels],
+                    encoder=encoder,
+                    labels_kind="scribbles",
+                    **self.seg_opts(seed=seed),
+                )
+                return (
+                    model.segment(d["train"], device="cpu").labels,
+                    model.segment(d["test"], device="cpu").labels,
+                )
+
+            return fit
+
+        def forest(labels, seed):
+            clf = PixelClassifier(seed=seed).fit(feats[0], labels)
+            return tuple(instances_from_probabilities(clf.predict_proba(f)) for f in feats)
+
+        methods = (
+            ("a random-init", networks(None)),
+            ("b AE-pretrained", networks(den)),
+            ("d enc-features RF", forest),
+        )
+        for seed in a.net_seeds:
+            strokes = self.scribbles(d["train_gt"], fraction=frac, seed=seed)
+            for method, fit in methods:
+                t = time.perf_counter()
+                on_train, on_test = fit(strokes, seed)
+                self.add(
+                    name,
+                    "corrections",
+                    "round 1",
+                    method,
+                    seed,
+                    score(gt, on_test),
+                    time.perf_counter() - t,
+                )
+                fixes = simulated_corrections(
+                    d["train_gt"], on_train, fraction=a.corrections, seed=seed
+                )
+                t = time.perf_counter()
+                _, on_test = fit(np.where(strokes > 0, strokes, fixes).astype(np.uint8), seed)
+                self.add(
+                    name,
+                    "corrections",
+                    "round 2",
+                    method,
+                    seed,
+                    score(gt, on_test),
+                    time.perf_counter() - t,
+                    corrected_pixels=int((fixes > 0).sum()),
+                )
+
     def run_crops(self, name, d, den, crop_seed):
         a = self.args
         gt = d["test_gt"]
@@ -773,6 +852,14 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--crops", default=",".join(map(str, CROP_COUNTS)), help="'' for none")
     ap.add_argument(
+        "--corrections",
+        type=float,
+        default=0.0,
+        metavar="FRACTION",
+        help="only the interactive loop: strokes at the smallest budget, then this fraction "
+        "of corrections where round 1 is wrong (e.g. 0.0025), for (a), (b), (d)",
+    )
+    ap.add_argument(
         "--tag",
         default="",
         help="write results/segmentation_<tag>.json (no plot) instead of the main results",
@@ -849,6 +936,9 @@ def main(argv=None) -> int:
     runner = Runner(args)
     if args.investigate:
         runner.run_investigation(data["real"])
+    elif args.corrections:
+        for name in names:
+            runner.run_corrections(name, data[name])
     else:
         grid = ("synthetic", "real", "real+noise") if args.noisy_grid else ("synthetic", "real")
         for name in grid:

@@ -78,3 +78,23 @@ def test_corrections_paint_the_true_class_where_the_prediction_is_wrong(truth):
     assert 0.6 < (fixes == 1).sum() / n < 0.8
     perfect = simulated_corrections(truth, truth, fraction=0.01, seed=0)
     assert not perfect.any(), "nothing to correct"
+
+
+def test_corrections_ignore_one_pixel_borders_and_fix_merges(truth):
+    from scipy import ndimage as ndi
+
+    from napari_aeseg.demo import _second_object_distance
+
+    # every object one pixel wider, where that brings it no nearer to another object
+    grown = ndi.grey_dilation(truth, size=3)
+    rim = (truth == 0) & (grown > 0) & (_second_object_distance(truth) > 3)
+    wider = np.where(rim, grown, truth)
+    assert (wider != truth).sum() > 500
+    border_only = simulated_corrections(truth, wider, fraction=0.01)
+    assert not border_only.any(), "a one-pixel border difference is not worth a correction"
+
+    # two touching objects predicted as one: the gap between them gets background dabs
+    merged = np.where(ndi.binary_closing(truth > 0, iterations=3), 1, 0)
+    fixes = simulated_corrections(truth, merged, fraction=0.002, seed=1)
+    gaps = (truth == 0) & (_second_object_distance(truth) <= 3)
+    assert (fixes == 1).any() and gaps[fixes == 1].mean() > 0.5
