@@ -179,15 +179,12 @@ class LabeledPatchSampler:
     """Random patches centred near annotated pixels (scribbles are sparse), image and target
     cropped and augmented together."""
 
-    def __init__(
-        self, images, targets, patch, *, augment, generator, random_fraction=0.0, class_counts=None
-    ):
+    def __init__(self, images, targets, patch, *, augment, generator):
         self.images = images  # list of (C, *S) tensors
         self.targets = targets  # list of (*S) int64 tensors
         self.patch = tuple(patch)
         self.augment = augment
         self.g = generator
-        self.random_fraction = random_fraction
         coords, classes = [], []
         for i, t in enumerate(targets):
             idx = torch.nonzero(t >= 0)
@@ -203,21 +200,26 @@ class LabeledPatchSampler:
         return int(torch.randint(0, n, (1,), generator=self.g))
 
     def sample(self, batch: int):
+        """``batch`` patches, each holding an annotated pixel.
+
+        Joint training uses these patches too: its denoising loss covers all their pixels,
+        most of them unlabeled. Drawing half of the patches anywhere instead (as before)
+        starved the segmentation loss, which stalled at chance on noisy images with a few
+        strokes.
+        """
         xs, ts = [], []
         for _ in range(batch):
-            if torch.rand(1, generator=self.g).item() < self.random_fraction:
-                i = self._r(len(self.images))
-                shape = self.targets[i].shape
-                starts = [self._r(s - p + 1) for s, p in zip(shape, self.patch, strict=True)]
-            else:
-                members = self.by_class[self._r(len(self.by_class))]
-                row = self.coords[members[self._r(len(members))]]
-                i = int(row[0])
-                shape = self.targets[i].shape
-                starts = []
-                for c, s, p in zip(row[1:].tolist(), shape, self.patch, strict=True):
-                    lo, hi = max(0, c - p + 1), min(c, s - p)
-                    starts.append(lo + self._r(hi - lo + 1))
+            # one draw that picks nothing: the stream stays as it was when this draw chose
+            # between labeled and random patches, so seeds give the patches they gave
+            torch.rand(1, generator=self.g)
+            members = self.by_class[self._r(len(self.by_class))]
+            row = self.coords[members[self._r(len(members))]]
+            i = int(row[0])
+            shape = self.targets[i].shape
+            starts = []
+            for c, s, p in zip(row[1:].tolist(), shape, self.patch, strict=True):
+                lo, hi = max(0, c - p + 1), min(c, s - p)
+                starts.append(lo + self._r(hi - lo + 1))
             sl = tuple(slice(a, a + p) for a, p in zip(starts, self.patch, strict=True))
             x = self.images[i][(slice(None), *sl)]
             t = self.targets[i][sl]
@@ -482,7 +484,6 @@ class SegmenterTrainer:
             self.patch,
             augment=t.augment,
             generator=self.generator,
-            random_fraction=0.5 if t.joint_denoising else 0.0,
         )
         torch.manual_seed(t.seed)
         self.network = build_network(config.architecture, out_channels=config.n_outputs).to(
