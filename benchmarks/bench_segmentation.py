@@ -43,8 +43,12 @@ vs the image denoised first by the ``n2v2`` denoiser trained on the noisy traini
 (the same denoiser's encoder initialises (b) in both cases).
 
 Budgets (defaults, stated in the JSON): segmenters 150 steps, batch 4, patch 64, lr 1e-3,
-depth 2, 16 base channels; denoisers ``n2v2`` 300 steps, batch 8, patch 64, lr 2e-3,
-depth 2, 16 base channels. ``--quick`` cuts steps and the grid for a smoke test and
+depth 2, 32 base channels; denoisers ``n2v2`` with the engine's (and the Train widget's)
+defaults: 2000 steps, batch 16, patch 64, lr 1e-3, depth 2, 32 base channels, so (b)
+starts from the encoder a user gets without changing a setting. The earlier runs used a
+short denoiser and narrower networks (``--den-steps 300 --den-batch 8 --den-lr 2e-3
+--base-channels 16``); every results file records its budgets. ``--den-cache DIR`` keeps
+the trained denoisers for later runs with the same settings. ``--quick`` cuts steps and the grid for a smoke test and
 writes ``results/segmentation_quick.json``. Follow-ups: ``--investigate`` (why (b) does
 not beat (a): same-architecture random init, 3x longer denoiser, encoder fine-tuning
 settings; ``results/segmentation_investigation.json``); ``--fractions``, ``--crops`` and
@@ -158,7 +162,6 @@ def postprocess_variants(probs):
     obj = fg + bd
     return {
         "engine (interior seeds)": instances_from_probabilities(probs),
-        "no seed erosion": instances_from_probabilities(probs, seed_erosion=0),
         "interior > 0.5 seeds": _interior_seeds(probs, 0.5),
         "2-class dist. watershed": instances_from_probabilities(np.stack([bg, obj])),
         "interior dist. peaks": _interior_distance_seeds(probs),
@@ -252,21 +255,37 @@ class Runner:
             flush=True,
         )
 
-    def train_denoiser(self, image):
+    def train_denoiser(self, image, name=""):
+        """The n2v2 denoiser whose encoder (b) starts from, trained on ``image``.
+
+        With ``--den-cache DIR`` a denoiser trained with the same settings on the same
+        dataset is loaded from DIR instead (the seconds reported are then the loading time).
+        """
+        from napari_aeseg.core.denoiser import DenoiserModel
         from napari_aeseg.core.training import train_denoiser
 
         a = self.args
         t = time.perf_counter()
+        cached = None
+        if a.den_cache and name:
+            key = f"{name}_n2v2_{a.den_steps}st_b{a.den_batch}_lr{a.den_lr:g}_w{a.base_channels}"
+            cached = Path(a.den_cache) / f"{key.replace('+', 'plus')}.safetensors"
+            if cached.is_file():
+                print(f"  denoiser: loaded {cached}", flush=True)
+                return DenoiserModel.load(cached), time.perf_counter() - t
         den = train_denoiser(
             image,
             mode="n2v2",
             steps=a.den_steps,
             base_channels=a.base_channels,
-            learning_rate=2e-3,
+            learning_rate=a.den_lr,
             patch_size=64,
-            batch_size=8,
+            batch_size=a.den_batch,
             device="cpu",
         )
+        if cached is not None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            den.save(cached)
         return den, time.perf_counter() - t
 
     def scribbles(self, truth, *, fraction, seed):
@@ -318,7 +337,7 @@ class Runner:
                 time.perf_counter() - t,
             )
 
-        den, secs = self.train_denoiser(d["train"])
+        den, secs = self.train_denoiser(d["train"], name)
         self.timings[f"{name} denoiser"] = round(secs, 1)
         print(f"  denoiser: {a.den_steps} steps in {secs:.0f} s", flush=True)
         t = time.perf_counter()
@@ -368,7 +387,7 @@ class Runner:
         gt = d["test_gt"]
         frac = min(a.fractions)
         print(f"\n== {name}: corrections, {frac * 100:g}% strokes + {a.corrections * 100:g}%")
-        den, secs = self.train_denoiser(d["train"])
+        den, secs = self.train_denoiser(d["train"], name)
         self.timings[f"{name} denoiser"] = round(secs, 1)
         feats = (
             encoder_features(den, d["train"], device="cpu"),
@@ -459,11 +478,12 @@ class Runner:
                 )
 
     def net_methods(self, den):
-        return (
+        methods = (
             ("a random-init", dict()),
             ("b AE-pretrained", dict(encoder=den)),
             ("c joint", dict(joint=True)),
         )
+        return tuple(m for m in methods if m[0][0] in self.args.networks)
 
     def run_noisy(self, name, d):
         """(b) and (e) on the noisy image directly vs denoised first, 1 % scribbles."""
@@ -471,7 +491,7 @@ class Runner:
 
         gt = d["test_gt"]
         print(f"\n== {name}: noisy input, direct vs denoised first", flush=True)
-        den, secs = self.train_denoiser(d["train"])
+        den, secs = self.train_denoiser(d["train"], name)
         self.timings[f"{name} denoiser"] = round(secs, 1)
         clean = dict(
             train=den.denoise(d["train"], device="cpu"), test=den.denoise(d["test"], device="cpu")
@@ -815,13 +835,27 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="few steps, one budget of each kind")
     ap.add_argument("--datasets", default="synthetic,real,real+noise")
     ap.add_argument("--seg-steps", type=int, default=150)
-    ap.add_argument("--den-steps", type=int, default=300)
+    ap.add_argument(
+        "--den-steps",
+        type=int,
+        default=2000,
+        help="denoiser steps (default: the engine's and the Train widget's 2000)",
+    )
+    ap.add_argument("--den-batch", type=int, default=16, help="denoiser batch (engine: 16)")
+    ap.add_argument("--den-lr", type=float, default=1e-3, help="denoiser rate (engine: 1e-3)")
+    ap.add_argument(
+        "--den-cache",
+        metavar="DIR",
+        default="",
+        help="save each dataset's denoiser in DIR and reuse it in later runs with the same "
+        "settings",
+    )
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument(
         "--base-channels",
         type=int,
-        default=16,
-        help="width of the denoisers and segmenters (the engine's default is 32)",
+        default=32,
+        help="width of the denoisers and segmenters (default: the engine's 32)",
     )
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument(
@@ -837,6 +871,9 @@ def main(argv=None) -> int:
     )
     ap.add_argument(
         "--crop-seeds", default="0,1,2", help="crop positions (and network seeds) for crops"
+    )
+    ap.add_argument(
+        "--networks", default="abc", help="which networks to train: letters of a, b and c"
     )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-ablation", action="store_true")
@@ -992,9 +1029,9 @@ def main(argv=None) -> int:
             denoiser=dict(
                 mode="n2v2",
                 steps=args.den_steps,
-                batch_size=8,
+                batch_size=args.den_batch,
                 patch_size=64,
-                learning_rate=2e-3,
+                learning_rate=args.den_lr,
                 base_channels=args.base_channels,
                 depth=2,
             ),
