@@ -516,7 +516,8 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         form.addRow(self.lr_label, self.learning_rate)
         self.joint_check = QCheckBox("Joint denoising (DenoiSeg)")
         self.joint_check.setToolTip(
-            "Also learn to denoise every pixel (blind-spot loss) while segmenting"
+            "Also learn to denoise (blind-spot loss) every pixel of the training patches, "
+            "labeled or not, while segmenting"
         )
         form.addRow(self.joint_check)
         self.device_combo = DeviceCombo()
