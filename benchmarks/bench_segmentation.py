@@ -24,8 +24,10 @@ Label budgets, drawn from the training part's ground truth only:
 Methods:
 
 - ``a random-init``: ``train_segmenter`` with no encoder;
-- ``b AE-pretrained``: ``train_segmenter`` with the encoder of an ``n2v2`` denoiser trained
-  once per dataset on the unlabeled training part, reused for every budget and seed;
+- ``b AE-pretrained``: ``train_segmenter`` started from an ``n2v2`` denoiser trained once
+  per dataset on the unlabeled training part, reused for every budget and seed. By default
+  its encoder and decoder are copied (the engine's default since 2026-11-28); the runs
+  before took the encoder only (``--transfer encoder``);
 - ``c joint``: ``joint_denoising=True``, random init (DenoiSeg-style);
 - ``d enc-features RF``: ``encoder_features`` of that denoiser + ``PixelClassifier``
   (scribbles only);
@@ -298,6 +300,8 @@ class Runner:
         from napari_aeseg.core.segmenter import train_segmenter
 
         t = time.perf_counter()
+        if encoder is not None:
+            extra["transfer"] = self.args.transfer
         model = train_segmenter(
             images,
             labels,
@@ -698,7 +702,9 @@ def plot(summary, rows, path, fractions, crops, postprocess="interior dist. h-ma
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    datasets = [ds for ds in ("synthetic", "real") if any(s["dataset"] == ds for s in summary)]
+    datasets = [
+        ds for ds in ("synthetic", "real", "real+noise") if any(s["dataset"] == ds for s in summary)
+    ]
     fig, axes = plt.subplots(len(datasets), 2, figsize=(11, 4.2 * len(datasets)), squeeze=False)
     styles = {
         "a random-init": ("tab:gray", "o"),
@@ -849,6 +855,13 @@ def main(argv=None) -> int:
         default="",
         help="save each dataset's denoiser in DIR and reuse it in later runs with the same "
         "settings",
+    )
+    ap.add_argument(
+        "--transfer",
+        choices=["encoder+decoder", "encoder"],
+        default="encoder+decoder",
+        help="what (b) takes from the denoiser (engine default: encoder+decoder; runs before "
+        "2026-11-28 took the encoder only)",
     )
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument(
@@ -1025,6 +1038,7 @@ def main(argv=None) -> int:
                 learning_rate=args.lr,
                 base_channels=args.base_channels,
                 depth=2,
+                transfer=args.transfer,
             ),
             denoiser=dict(
                 mode="n2v2",

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from napari_aeseg.api import load_model
 from napari_aeseg.cli import main
 from napari_aeseg.core.noise import psnr
 
@@ -263,6 +264,8 @@ def test_segmentation_commands(files, model_file, capsys, nuclei_2d, tmp_path):
                 str(seg),
                 "--encoder",
                 str(model_file),
+                "--transfer",
+                "encoder",
                 "--steps",
                 "40",
                 "--patch",
@@ -297,6 +300,7 @@ def test_segmentation_commands(files, model_file, capsys, nuclei_2d, tmp_path):
         == 0
     )
     assert "AP@0.5" in capsys.readouterr().out
+    assert load_model(seg).config.training.transfer == "encoder"
     labels = tifffile.imread(out / "noisy_labels.tif")
     assert labels.shape == noisy.shape and labels.dtype == np.uint16
     assert tifffile.imread(out / "noisy_prob.tif").shape == (2, *noisy.shape)

@@ -102,7 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--encoder",
         default="none",
         metavar="DENOISER_MODEL",
-        help="denoiser whose encoder initialises the network, or 'none'",
+        help="denoiser whose network initialises the segmenter's (see --transfer), or 'none'",
+    )
+    s.add_argument(
+        "--transfer",
+        choices=["encoder+decoder", "encoder"],
+        default="encoder+decoder",
+        help="with --encoder: start the decoder from the denoiser too (default), or only the "
+        "encoder",
     )
     s.add_argument("--labels-kind", choices=["scribbles", "instances"], default="scribbles")
     s.add_argument(
@@ -335,6 +342,7 @@ def _train_segmenter(args) -> int:
         learning_rate=args.lr,
         joint_denoising=args.joint,
         seed=args.seed,
+        **({"transfer": args.transfer} if encoder is not None else {}),
     )
     _check_output_file(args.out)
     trainer = SegmenterTrainer(

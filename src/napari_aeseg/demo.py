@@ -40,7 +40,7 @@ def run_demo(
     """The whole pipeline on the bundled real nuclei image.
 
     Trains an ``n2v2`` denoiser on the noisy image alone, denoises it, trains a segmenter
-    whose encoder comes from the denoiser on brush strokes covering 1% of the pixels
+    started from the denoiser's network on brush strokes covering 1% of the pixels
     (:func:`simulated_strokes`), segments the nuclei and scores them against the sample's
     ground truth. With ``correction_rounds``, a second round adds corrections on 0.5% of the
     pixels where the first result is wrong (:func:`simulated_corrections`), as a user does
@@ -128,7 +128,7 @@ def run_demo(
             trainer,
             seg_steps,
             "segmenter",
-            f"training a segmenter from the denoiser's encoder on {what} for {seg_steps} steps",
+            f"training a segmenter from the denoiser's network on {what} for {seg_steps} steps",
         )
         result = segmenter.segment(noisy, device=device)
         scores = score_instances(truth, result.labels)

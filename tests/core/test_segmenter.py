@@ -66,6 +66,42 @@ def test_encoder_weights_are_copied(nuclei_2d, denoiser, scribbles):
         assert np.array_equal(a.numpy(), b.numpy()), k
 
 
+def _trainer(noisy, scribbles, denoiser, **training):
+    from napari_aeseg.core.segmenter import SegmenterTrainer, make_segmenter_config
+
+    config = make_segmenter_config(noisy.shape, encoder=denoiser, **{**SEG, **training})
+    return SegmenterTrainer([noisy], [scribbles], config, encoder=denoiser, device="cpu")
+
+
+def test_decoder_is_transferred_and_starts_as_the_denoisers(nuclei_2d, denoiser, scribbles):
+    import torch
+
+    _, noisy, _ = nuclei_2d
+    assert denoiser.config.architecture.top_skip is False  # n2v2: the hard case
+    trainer = _trainer(noisy, scribbles, denoiser)
+    assert trainer.config.training.transfer == "encoder+decoder"
+    x = torch.from_numpy(
+        np.ascontiguousarray(noisy[:32, :32], dtype=np.float32)[None, None] / noisy.max()
+    )
+    with torch.no_grad():
+        ref = denoiser.network.decoder([None, *denoiser.network.encoder(x)[1:]], (32, 32))
+        seg = trainer.network.decoder(trainer.network.encoder(x), (32, 32))
+    # the full-resolution skip the segmenter adds starts at zero: same features as the denoiser
+    np.testing.assert_allclose(seg.numpy(), ref.numpy(), atol=1e-5)
+    assert float(ref.abs().mean()) > 0
+
+    only = _trainer(noisy, scribbles, denoiser, transfer="encoder")
+    a = only.network.decoder.state_dict()
+    b = trainer.network.decoder.state_dict()
+    assert not any(torch.equal(a[k], b[k]) for k in a if a[k].ndim > 1)
+
+    joint = _trainer(noisy, scribbles, denoiser, joint_denoising=True)
+    with torch.no_grad():
+        out = joint.network(x)[:, 2:]
+        den = denoiser.network(x)
+    np.testing.assert_allclose(out.numpy(), den.numpy(), atol=1e-5)
+
+
 def test_dense_instances_random_init_and_joint(nuclei_2d):
     clean, noisy, truth = nuclei_2d
     seg = train_segmenter(

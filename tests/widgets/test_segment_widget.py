@@ -191,6 +191,8 @@ def test_fine_tune_with_session_encoder_and_ground_truth(
     model = widget.model
     assert isinstance(model, SegmenterModel) and model.trained_steps == 60
     assert model.config.encoder.name == tiny_denoiser.name
+    assert model.config.training.transfer == "encoder+decoder"
+    assert "encoder and decoder from denoiser" in widget.model_info.text() + model.describe()
     assert empty_session.get(model.name) is model
     assert widget.encoder_combo.findText(model.name) < 0, "a segmenter is no encoder"
     assert widget.progress.text() == "60 / 60 steps"

@@ -544,6 +544,12 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
             -1, 100_000, -1, tip="Steps with the pretrained encoder frozen; -1 = automatic"
         )
         self.freeze_steps.setSpecialValueText("auto")
+        self.decoder_check = QCheckBox("Decoder from the denoiser too")
+        self.decoder_check.setChecked(True)
+        self.decoder_check.setToolTip(
+            "With an encoder: start the whole network from the denoiser, not only its encoder "
+            "(only the output layer starts from scratch). Off: a fresh decoder"
+        )
         self.threshold = QDoubleSpinBox()
         self.threshold.setRange(0.05, 0.95)
         self.threshold.setSingleStep(0.05)
@@ -562,6 +568,8 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
             ("Seed", self.seed),
         ):
             adv_form.addRow(label, w)
+            if w is self.freeze_steps:
+                adv_form.addRow(self.decoder_check)
         self.advanced.addWidget(adv)
         outer.addWidget(self.advanced)
 
@@ -651,6 +659,10 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
                 self.device_combo.setCurrentIndex(self.device_combo.findData(value))
             elif key == "joint_denoising":
                 self.joint_check.setChecked(bool(value))
+            elif key == "transfer":
+                if value not in ("encoder", "encoder+decoder"):
+                    raise ValueError(f"'{value}' is not offered for transfer")
+                self.decoder_check.setChecked(value == "encoder+decoder")
             elif key == "live":
                 self.live_check.setChecked(bool(value))
             elif key == "denoiser":
@@ -735,6 +747,7 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         for w in (self.steps, self.steps_label, self.learning_rate, self.lr_label):
             w.setVisible(not instant)
         self.joint_check.setVisible(not instant)
+        self.decoder_check.setVisible(not instant)
         self.live_check.setVisible(instant)
         self.save_button.setVisible(not instant)
         self.loss_plot.setVisible(not instant)
@@ -903,6 +916,10 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
             n_classes = max(2, int(labels.max())) if target == "semantic" else 2
         freeze = self.freeze_steps.value()
         training = {} if freeze < 0 else {"freeze_encoder_steps": freeze}
+        if encoder is not None:
+            training["transfer"] = (
+                "encoder+decoder" if self.decoder_check.isChecked() else "encoder"
+            )
         config = make_segmenter_config(
             tuple(data.shape),
             encoder=encoder,

@@ -69,6 +69,10 @@ class SegTrainingConfig(_Strict):
     encoder_lr_factor: float = Field(0.2, ge=0, le=10)
     #: keep a pretrained encoder frozen for this many first steps (the new decoder settles)
     freeze_encoder_steps: int = Field(50, ge=0)
+    #: what a denoiser initialises: its encoder only, or its decoder too (then only the 1x1
+    #: head starts from scratch). ``make_segmenter_config`` picks "encoder+decoder"; the
+    #: default here is what model files from before this option did
+    transfer: Literal["encoder", "encoder+decoder"] = "encoder"
     joint_denoising: bool = False
     denoise_weight: float = Field(0.5, ge=0, le=100)
     masked_fraction: float = Field(0.02, gt=0, le=0.5)
@@ -261,7 +265,11 @@ class SegmenterModel(TrainedModel):
 
     def describe(self) -> str:
         c = self.config
-        enc = f"encoder from denoiser '{c.encoder.name}'" if c.encoder else "random-init encoder"
+        if c.encoder is None:
+            enc = "random-init network"
+        else:
+            part = "encoder" if c.training.transfer == "encoder" else "encoder and decoder"
+            enc = f"{part} from denoiser '{c.encoder.name}'"
         joint = ", joint denoising" if c.training.joint_denoising else ""
         return (
             f"{self.name}: {c.target} segmenter, {c.n_classes} classes from {c.labels_kind}, "
@@ -402,6 +410,7 @@ def make_segmenter_config(
         )
         if "freeze_encoder_steps" not in training:
             training["freeze_encoder_steps"] = min(50, training.get("steps", 400) // 5)
+        training.setdefault("transfer", "encoder+decoder")
     else:
         training.setdefault("freeze_encoder_steps", 0)
     train_cfg = build(SegTrainingConfig, **training)
@@ -490,7 +499,12 @@ class SegmenterTrainer:
             self.device
         )
         if encoder is not None:
-            self.network.encoder.load_state_dict(encoder.network.encoder.state_dict())
+            transfer_weights(
+                encoder.network,
+                self.network,
+                decoder=t.transfer == "encoder+decoder",
+                n_classes=config.n_classes,
+            )
         enc_params = list(self.network.encoder.parameters())
         rest = [p for n_, p in self.network.named_parameters() if not n_.startswith("encoder.")]
         self.pretrained = encoder is not None
@@ -605,6 +619,39 @@ class SegmenterTrainer:
             optimizer_state=copy.deepcopy(self.optimizer.state_dict()),
             name=self.name,
         )
+
+
+@torch.no_grad()
+def transfer_weights(source: UNet, target: UNet, *, decoder: bool, n_classes: int) -> None:
+    """Initialise ``target`` (a segmenter) from ``source`` (a denoiser's network).
+
+    The encoder is copied. With ``decoder`` the decoder is copied as well; an ``n2v2``
+    denoiser has no skip connection at full resolution and the segmenter has one, so that
+    input of the last decoder block starts at zero: the segmenter's last feature maps then
+    equal the denoiser's until training teaches it to use the skip. With joint denoising the
+    denoising outputs of the head start as the denoiser's own head.
+    """
+    target.encoder.load_state_dict(source.encoder.state_dict())
+    if not decoder:
+        return
+    state = target.decoder.state_dict()
+    for key, value in source.decoder.state_dict().items():
+        dst = state[key]
+        if dst.shape == value.shape:
+            dst.copy_(value)
+        elif dst.ndim > 1 and dst.shape[0] == value.shape[0] and dst.shape[2:] == value.shape[2:]:
+            dst.zero_()
+            dst[:, : value.shape[1]].copy_(value)
+        else:
+            raise InvalidInputError(
+                f"the denoiser's decoder does not fit this segmenter ({key}: "
+                f"{tuple(value.shape)} vs {tuple(dst.shape)})"
+            )
+    target.decoder.load_state_dict(state)
+    extra = target.head.out_channels - n_classes
+    if extra and extra == source.head.out_channels:
+        target.head.weight[n_classes:].copy_(source.head.weight)
+        target.head.bias[n_classes:].copy_(source.head.bias)
 
 
 def _fit(patch: int, size: int, divisor: int) -> int:
