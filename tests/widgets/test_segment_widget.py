@@ -180,6 +180,8 @@ def test_fine_tune_with_session_encoder_and_ground_truth(
     paint(viewer, widget, scribbles)
     widget.set_options(ground_truth="truth", **TINY_SEG)
     assert widget.run_button.text() == "Train && Segment"
+    assert widget.decoder_check.isEnabled() and widget.decoder_check.isChecked()
+    assert not widget.depth.isEnabled(), "the denoiser sets the network's depth"
 
     widget.run_button.click()
     wait_idle(qtbot, widget, timeout=120_000)
@@ -237,6 +239,10 @@ def test_stop_ends_a_fine_tune_run_within_a_second(qtbot, segment_viewer, cells,
     viewer, widget = segment_viewer
     paint(viewer, widget, cells[2])
     widget.set_options(**{**TINY_SEG, "steps": 100_000})
+    assert widget.progress.maximum() == 100_000, "the bar shows the form's steps before a run"
+    assert widget.status.text().endswith("then Train & Segment."), "the hint names the button"
+    # without an encoder, what to take from one is greyed out and width / depth are free
+    assert not widget.decoder_check.isEnabled() and widget.depth.isEnabled()
     widget.run_button.click()
     qtbot.waitUntil(lambda: widget.progress.value() >= 3, timeout=60_000)
     assert not widget.image_combo.isEnabled() and not widget.steps.isEnabled()

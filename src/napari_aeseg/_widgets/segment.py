@@ -404,6 +404,7 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         self._on_session_changed(denoisers[-1] if denoisers else "")
         self._on_image_changed()
         self._on_mode_changed()
+        self._on_encoder_changed()
         self._update_buttons()
 
     # ------------------------------------------------------------------ layout
@@ -478,6 +479,7 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
             "network starts at random and the classifier uses classic filters"
         )
         self.encoder_combo.currentIndexChanged.connect(lambda *_: self._forget_features())
+        self.encoder_combo.currentIndexChanged.connect(lambda *_: self._on_encoder_changed())
         self.load_button = QPushButton("Load...")
         self.load_button.setToolTip("Load a denoiser file (.aeseg) into this session")
         self.load_button.clicked.connect(self.load_encoder)
@@ -505,6 +507,7 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         form.addRow(den_row)
 
         self.steps = _spin(1, 1_000_000, 300, tip="Training steps (batches)")
+        self.steps.valueChanged.connect(lambda *_: self._idle_progress())
         self.steps_label = QLabel("Steps")
         form.addRow(self.steps_label, self.steps)
         self.learning_rate = QDoubleSpinBox()
@@ -593,7 +596,8 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         self.loss_plot.setMinimumHeight(120)
         self.loss_plot.setToolTip("Fine-tuning loss on the annotated pixels")
         outer.addWidget(self.loss_plot)
-        self.status = QLabel("Choose an image, paint scribbles, press Update.")
+        self.status = QLabel("")
+        self._show_hint("Choose an image, paint scribbles, press {}.")
         self.status.setWordWrap(True)
         outer.addWidget(self.status)
         self.metrics = QLabel("")
@@ -704,6 +708,7 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
                 box.setCurrentText(current)
             box.blockSignals(False)
         self._forget_features()
+        self._on_encoder_changed()
         self.denoise_check.setEnabled(bool(names))
         self._on_denoise_toggled()
 
@@ -754,9 +759,35 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         self.advanced.setVisible(True)
         self.run_button.setText("Update" if instant else "Train && Segment")
         self.run_button.setToolTip(self._run_tip("T" in self.axes_edit.text().upper()))
-        self.progress.setFormat("%p%" if instant else "%v / %m steps")
+        self._idle_progress()
         self._on_labels_changed()
         self._update_buttons()
+
+    def _on_encoder_changed(self) -> None:
+        # what to take from a denoiser and how long to freeze it only matter with one; the
+        # network's width and depth then come from the denoiser
+        pretrained = self.encoder_combo.currentText() != NO_ENCODER
+        self.decoder_check.setEnabled(pretrained)
+        self.freeze_steps.setEnabled(pretrained)
+        self.base_channels.setEnabled(not pretrained)
+        self.depth.setEnabled(not pretrained)
+
+    def _idle_progress(self) -> None:
+        """Before a run the bar shows the form's step count, and the hint names the button."""
+        if self._running:
+            return
+        instant = self.instant
+        self.progress.setFormat("%p%" if instant else "%v / %m steps")
+        if not instant and self.progress.value() <= 0:
+            self.progress.setMaximum(max(1, self.steps.value()))
+        if self._hint and self.status.text() == self._hint_shown:
+            self._show_hint(self._hint)  # the hint names the button of the new mode
+
+    def _show_hint(self, template: str) -> None:
+        """A status hint naming the run button (``{}``); it follows later mode changes."""
+        self._hint = template
+        self._hint_shown = template.format("Update" if self.instant else "Train & Segment")
+        self.status.setText(self._hint_shown)
 
     def _on_labels_changed(self) -> None:
         """Follow paint strokes of the chosen labels layer while Live update is on."""
@@ -809,10 +840,8 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         layer.brush_size = 4
         layer.selected_label = 2
         layer.mode = "paint"
-        self.status.setText(
-            f"Paint in '{layer.name}': 1 = background, 2 = foreground; then "
-            f"{'Update' if self.instant else 'Train & Segment'}."
-        )
+        name = layer.name.replace("{", "{{").replace("}", "}}")
+        self._show_hint(f"Paint in '{name}': 1 = background, 2 = foreground; then {{}}.")
         return layer
 
     def load_encoder(self) -> None:
