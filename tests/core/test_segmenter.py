@@ -218,3 +218,47 @@ def test_joint_training_keeps_every_patch_on_the_strokes(nuclei_2d):
     result = seg.segment(noisy, device="cpu")
     assert result.denoised is not None
     assert score_instances(truth, result.labels).pixel_iou > 0.6
+
+
+def test_3d_segmenter_from_a_3d_denoiser(nuclei_3d):
+    import torch
+
+    from napari_aeseg.core.segmenter import SegmenterTrainer, make_segmenter_config
+
+    _, noisy, truth = nuclei_3d
+    den = train_denoiser(
+        noisy,
+        axes="ZYX",
+        steps=30,
+        depth=2,
+        base_channels=8,
+        patch_size=32,
+        patch_size_z=8,
+        batch_size=2,
+        learning_rate=3e-3,
+        device="cpu",
+    )
+    assert den.config.architecture.spatial_dims == 3 and not den.config.architecture.top_skip
+    config = make_segmenter_config(
+        noisy.shape,
+        encoder=den,
+        labels_kind="instances",
+        steps=80,
+        batch_size=2,
+        patch_size=32,
+        patch_size_z=8,
+        learning_rate=3e-3,
+    )
+    trainer = SegmenterTrainer([noisy], [truth], config, encoder=den, device="cpu")
+    x = torch.rand(1, 1, 8, 32, 32)
+    with torch.no_grad():
+        ref = den.network.decoder([None, *den.network.encoder(x)[1:]], (8, 32, 32))
+        got = trainer.network.decoder(trainer.network.encoder(x), (8, 32, 32))
+    np.testing.assert_allclose(got.numpy(), ref.numpy(), atol=1e-5)
+    seg = run_generator(trainer.run())
+    result = seg.segment(noisy, device="cpu")
+    assert result.labels.shape == noisy.shape
+    assert result.probabilities.shape == (3, *noisy.shape)
+    ap = score_instances(truth, result.labels).ap
+    print(f"3D from a 3D denoiser: AP {ap:.3f}")
+    assert ap > 0.6
