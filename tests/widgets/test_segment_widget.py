@@ -112,6 +112,8 @@ def test_instant_classifier_then_more_scribbles_updates_the_same_layers(
     widget.set_options(mode=INSTANT, ground_truth="truth")
     assert widget.run_button.text() == "Update"
     assert not widget.loss_plot.isVisibleTo(widget), "no loss curve for the instant classifier"
+    assert widget.batch_size.isHidden() and widget.decoder_check.isHidden()
+    assert not widget.seed.isHidden() and not widget.threshold.isHidden()
 
     widget.run_button.click()
     assert widget.running
@@ -181,6 +183,7 @@ def test_fine_tune_with_session_encoder_and_ground_truth(
     widget.set_options(ground_truth="truth", **TINY_SEG)
     assert widget.run_button.text() == "Train && Segment"
     assert widget.decoder_check.isEnabled() and widget.decoder_check.isChecked()
+    assert not widget.batch_size.isHidden() and not widget.decoder_check.isHidden()
     assert not widget.depth.isEnabled(), "the denoiser sets the network's depth"
 
     widget.run_button.click()

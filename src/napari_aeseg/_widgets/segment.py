@@ -533,7 +533,7 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
 
         self.advanced = QCollapsible("Advanced", expandedIcon="▼", collapsedIcon="▶")
         adv = QWidget()
-        adv_form = QFormLayout(adv)
+        adv_form = self._adv_form = QFormLayout(adv)
         adv_form.setContentsMargins(0, 0, 0, 0)
         self.batch_size = _spin(1, 1024, 8, tip="Patches per training step")
         self.patch_size = _spin(
@@ -752,7 +752,19 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         for w in (self.steps, self.steps_label, self.learning_rate, self.lr_label):
             w.setVisible(not instant)
         self.joint_check.setVisible(not instant)
-        self.decoder_check.setVisible(not instant)
+        # the network's settings mean nothing to the feature classifier
+        for w in (
+            self.batch_size,
+            self.patch_size,
+            self.base_channels,
+            self.depth,
+            self.freeze_steps,
+            self.decoder_check,
+        ):
+            w.setVisible(not instant)
+            label = self._adv_form.labelForField(w)
+            if label is not None:
+                label.setVisible(not instant)
         self.live_check.setVisible(instant)
         self.save_button.setVisible(not instant)
         self.loss_plot.setVisible(not instant)
