@@ -220,24 +220,14 @@ def test_joint_training_keeps_every_patch_on_the_strokes(nuclei_2d):
     assert score_instances(truth, result.labels).pixel_iou > 0.6
 
 
-def test_3d_segmenter_from_a_3d_denoiser(nuclei_3d):
+def test_3d_segmenter_from_a_3d_denoiser(nuclei_3d, tiny):
     import torch
 
     from napari_aeseg.core.segmenter import SegmenterTrainer, make_segmenter_config
 
     _, noisy, truth = nuclei_3d
-    den = train_denoiser(
-        noisy,
-        axes="ZYX",
-        steps=30,
-        depth=2,
-        base_channels=8,
-        patch_size=32,
-        patch_size_z=8,
-        batch_size=2,
-        learning_rate=3e-3,
-        device="cpu",
-    )
+    tiny.update(batch_size=2, patch_size_z=8)
+    den = train_denoiser(noisy, axes="ZYX", steps=30, device="cpu", **tiny)
     assert den.config.architecture.spatial_dims == 3 and not den.config.architecture.top_skip
     config = make_segmenter_config(
         noisy.shape,
