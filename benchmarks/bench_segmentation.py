@@ -19,7 +19,10 @@ Label budgets, drawn from the training part's ground truth only:
 - crops: 1, 2 and 5 fully labeled 64 x 64 crops of the instance masks, cut at random
   positions (seed 0) that contain at least 2 nuclei; the sets are nested (the 2-crop set
   holds the 1-crop one) and each crop is a separate training image, ``labels_kind=
-  'instances'`` (3 classes: background, interior, boundary).
+  'instances'`` (3 classes: background, interior, boundary). With ``--crops-in-context``
+  the crops stay in the training image instead: its masks hold the crops' objects and
+  ``regions`` marks the crops, outside of which pixels are not annotated (what the Segment
+  widget's "Labeled crops" and ``aeseg train-segmenter --regions`` do).
 
 Methods:
 
@@ -461,8 +464,17 @@ class Runner:
             imgs = [d["train"][y : y + CROP_SIZE, x : x + CROP_SIZE] for y, x in corners[:n]]
             labs = [d["train_gt"][y : y + CROP_SIZE, x : x + CROP_SIZE] for y, x in corners[:n]]
             labeled = sum(int((lab_ > 0).any()) for lab_ in labs)
+            context = {}
+            if a.crops_in_context:
+                region = np.zeros(d["train_gt"].shape, bool)
+                for y, x in corners[:n]:
+                    region[y : y + CROP_SIZE, x : x + CROP_SIZE] = True
+                imgs, labs = [d["train"]], [np.where(region, d["train_gt"], 0)]
+                context = dict(regions=[region])
             for method, kw in self.net_methods(den):
-                res, secs = self.network(d, imgs, labs, kind="instances", **kw, seed=crop_seed)
+                res, secs = self.network(
+                    d, imgs, labs, kind="instances", **kw, **context, seed=crop_seed
+                )
                 variants = {}
                 if a.postprocess_variants:
                     variants = {
@@ -919,6 +931,11 @@ def main(argv=None) -> int:
         action="store_true",
         help="only the (a) vs (b) follow-up on real data; writes segmentation_investigation.json",
     )
+    ap.add_argument(
+        "--crops-in-context",
+        action="store_true",
+        help="give the crops as marked regions of the training image, not as cut-out images",
+    )
     ap.add_argument("--no-postprocess-variants", dest="postprocess_variants", action="store_false")
     ap.add_argument("--no-plot", action="store_true")
     ap.add_argument(
@@ -1052,6 +1069,7 @@ def main(argv=None) -> int:
             scribble_fractions=args.fractions,
             crop_counts=args.crops,
             crop_size=CROP_SIZE,
+            crops_in_context=args.crops_in_context,
             scribble_style=args.scribbles,
             classifier_seeds=args.seeds,
             network_seeds=args.net_seeds,

@@ -113,6 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--labels-kind", choices=["scribbles", "instances"], default="scribbles")
     s.add_argument(
+        "--regions",
+        nargs="+",
+        metavar="MASK",
+        help="one mask per label image, nonzero where its labels are complete: a few fully "
+        "labeled crops inside otherwise unlabeled images (outside, pixels count as not "
+        "annotated)",
+    )
+    s.add_argument(
         "--target",
         choices=["instances", "semantic"],
         default="instances",
@@ -320,8 +328,14 @@ def _train_segmenter(args) -> int:
         raise InvalidInputError(
             f"{len(args.images)} image(s) but {len(args.labels)} label file(s); give one per image"
         )
+    if args.regions and len(args.regions) != len(args.labels):
+        raise InvalidInputError(
+            f"{len(args.labels)} label file(s) but {len(args.regions)} region mask(s); give one "
+            "per label file"
+        )
     files = [read_image(p) for p in args.images]
     labels = [read_image(p).data for p in args.labels]
+    regions = [read_image(p).data != 0 for p in args.regions] if args.regions else None
     encoder = None if args.encoder.lower() == "none" else DenoiserModel.load(args.encoder)
     axes = args.axes or files[0].axes
     n_classes = None
@@ -352,6 +366,7 @@ def _train_segmenter(args) -> int:
         encoder=encoder,
         device=args.device,
         name=Path(args.out).stem,
+        regions=regions,
     )
     model = _run_with_bar(trainer.run(), "train", args.quiet, unit="step")
     path = model.save(args.out)

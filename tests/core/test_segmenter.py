@@ -252,3 +252,56 @@ def test_3d_segmenter_from_a_3d_denoiser(nuclei_3d, tiny):
     ap = score_instances(truth, result.labels).ap
     print(f"3D from a 3D denoiser: AP {ap:.3f}")
     assert ap > 0.6
+
+
+def test_labels_in_a_region_ignore_the_rest():
+    labels = np.zeros((12, 12), np.uint16)
+    labels[2:9, 2:9] = 1  # an object cut by the region's right edge at column 6
+    region = np.zeros((12, 12), bool)
+    region[:, :7] = True
+    target = labels_to_target(labels, "instances", region=region)
+    assert (target[:, 7:] == -1).all() and (target[:, :7] >= 0).all()
+    # no boundary where the crop cuts the object, the true one elsewhere
+    assert (target[3:8, 6] == 1).all()
+    assert (target[2, 2:7] == 2).all() and (target[2:9, 2] == 2).all()
+    # the same object painted only inside the crop gets the same targets
+    inside = np.where(region, labels, 0)
+    np.testing.assert_array_equal(labels_to_target(inside, "instances", region=region), target)
+    # without a region, the crop's edge would be a boundary and the rest background
+    assert labels_to_target(inside, "instances")[4, 6] == 2
+
+
+@pytest.mark.parametrize(
+    ("region", "message"),
+    [(np.zeros((128, 128), bool), "empty"), (np.ones((64, 64), bool), "region.*shape")],
+)
+def test_bad_regions(nuclei_2d, region, message):
+    with pytest.raises(InvalidInputError, match=message):
+        train_segmenter(
+            nuclei_2d[1], nuclei_2d[2], regions=region, labels_kind="instances", device="cpu"
+        )
+
+
+def test_crops_inside_an_unlabeled_image(nuclei_2d, tiny):
+    """Objects painted in two crops only: with the crops marked, the rest of the image is
+    unlabeled and the segmenter finds the other objects; without, it learns they are
+    background."""
+    _, noisy, truth = nuclei_2d
+    region = np.zeros(truth.shape, bool)
+    region[8:56, 8:56] = region[72:120, 64:112] = True
+    painted = np.where(region, truth, 0)
+    outside = ~region
+    scores = {}
+    tiny["steps"] = 120
+    for name, regions in (("crops", region), ("as if complete", None)):
+        seg = train_segmenter(
+            noisy, painted, regions=regions, labels_kind="instances", device="cpu", **tiny
+        )
+        result = seg.segment(noisy, device="cpu")
+        fg = (result.probabilities[1] + result.probabilities[2])[outside]
+        scores[name] = fg[truth[outside] > 0].mean()  # objects outside the crops
+        if regions is not None:
+            assert score_instances(truth, result.labels).ap > 0.6  # measured 0.85
+    # measured 0.97 and 0.81
+    assert scores["crops"] > 0.85
+    assert scores["crops"] > scores["as if complete"] + 0.1

@@ -390,3 +390,72 @@ def test_instant_classifier_on_a_3d_stack(qtbot, make_napari_viewer):
     seg = viewer.layers["stack segmentation"]
     assert seg.data.shape == noisy.shape
     assert score_instances(s.labels, np.asarray(seg.data)).pixel_iou > 0.6
+
+
+def test_masks_in_marked_crops_leave_the_rest_unlabeled(qtbot, segment_viewer, cells):
+    """A few objects painted in two crops, the crops marked with rectangles: the objects
+    elsewhere are found, not learned as background."""
+    from napari_aeseg._widgets.segment import MASKS, WHOLE_LAYER, label_space, region_mask
+
+    viewer, widget = segment_viewer
+    _, truth, _ = cells
+    crops = np.zeros(truth.shape, bool)
+    crops[8:56, 8:56] = crops[72:120, 64:112] = True
+    space = dict(scale=(0.5, 0.25), translate=(10.0, -4.0))
+    viewer.add_labels(np.where(crops, truth, 0), name="crop masks", **space)
+    widget.set_options(labels="crop masks", labels_kind=MASKS)
+    assert not widget.regions_row.isHidden() and widget.regions_combo.currentText() == WHOLE_LAYER
+
+    shapes = widget.mark_crops()
+    assert shapes.name == "noisy labeled crops" and shapes.mode == "add_rectangle"
+    assert widget.regions_combo.currentText() == shapes.name
+    np.testing.assert_allclose(shapes.scale, (0.5, 0.25))
+    # pixel corners in the image's grid (the layer shares its scale and translation)
+    shapes.add_rectangles([[[7.5, 7.5], [55.5, 55.5]], [[71.5, 63.5], [119.5, 111.5]]])
+    want = label_space(viewer.layers["noisy"], "YX")
+    np.testing.assert_array_equal(region_mask(shapes, truth.shape, want), crops)
+    # a layer in world units (scale 1) marks the same pixels
+    world = viewer.add_shapes(
+        [[[10 + 0.5 * 7.5, -4 + 0.25 * 7.5], [10 + 0.5 * 55.5, -4 + 0.25 * 55.5]]],
+        shape_type="rectangle",
+        name="world box",
+    )
+    first = np.zeros_like(crops)
+    first[8:56, 8:56] = True
+    np.testing.assert_array_equal(region_mask(world, truth.shape, want), first)
+
+    outside = ~crops & (truth > 0)
+    found = {}
+    for regions in (WHOLE_LAYER, shapes.name):
+        widget.set_options(mode=INSTANT, regions=regions)
+        widget.run_button.click()
+        wait_idle(qtbot, widget, timeout=60_000)
+        found[regions] = (np.asarray(viewer.layers[SEG_NAME].data)[outside] > 0).mean()
+    print(f"objects outside the crops found: {found}")
+    assert found[shapes.name] > 0.8
+    assert found[shapes.name] > found[WHOLE_LAYER] + 0.1
+
+    widget.set_options(**TINY_SEG)
+    widget.run_button.click()
+    wait_idle(qtbot, widget, timeout=120_000)
+    seg = np.asarray(viewer.layers[SEG_NAME].data)
+    assert widget.model is not None and widget.model.config.labels_kind == "instances"
+    assert (seg[outside] > 0).mean() > 0.6, "fine-tuned on the crops only"
+
+
+def test_marked_crops_that_hold_no_object_are_reported(qtbot, segment_viewer, cells, shown):
+    from napari_aeseg._widgets.segment import MASKS
+
+    viewer, widget = segment_viewer
+    _, truth, _ = cells
+    viewer.add_labels(np.where(truth == truth.max(), truth, 0), name="one object")
+    widget.set_options(labels="one object", labels_kind=MASKS, mode=INSTANT)
+    shapes = widget.mark_crops()
+    y, x = np.argwhere(truth == truth.max()).mean(axis=0)
+    corner = np.array([8 if y > 64 else 100, 8 if x > 64 else 100])  # away from the object
+    shapes.add_rectangles([[corner - 0.5, corner + 19.5]])
+    names = [ly.name for ly in viewer.layers]
+    widget.run_button.click()
+    wait_idle(qtbot, widget, timeout=60_000)
+    assert len(shown) == 1 and "no object of 'one object' lies in the crops" in shown[0]
+    assert [ly.name for ly in viewer.layers] == names

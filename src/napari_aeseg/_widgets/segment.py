@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from napari.layers import Image, Labels
+from napari.layers import Image, Labels, Shapes
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
@@ -73,6 +73,7 @@ FINE_TUNE = "Fine-tune network"
 INSTANT = "Instant feature classifier"
 NO_ENCODER = "none (random init)"
 NO_TRUTH = "none"
+WHOLE_LAYER = "whole layer"
 SCRIBBLES = "scribbles"
 MASKS = "instance masks"
 LIVE_DELAY_MS = 300
@@ -148,14 +149,32 @@ class SegmentJob:
         )
 
     def fine_tune(
-        self, *, image, labels, config, encoder, denoiser, axes, device, name, truth, target
+        self,
+        *,
+        image,
+        labels,
+        config,
+        encoder,
+        denoiser,
+        axes,
+        device,
+        name,
+        truth,
+        target,
+        region=None,
     ):
         """Yields Stage/TrainingProgress/TileProgress; returns Segmented, Stopped or Failure."""
         try:
             image = np.asarray(image)  # lazy (dask) data is read here, in the worker
             image = yield from self._denoised(denoiser, image, axes, device)
             self.trainer = SegmenterTrainer(
-                [image], [labels], config, encoder=encoder, device=device, name=name
+                [image],
+                [labels],
+                config,
+                encoder=encoder,
+                device=device,
+                name=name,
+                regions=None if region is None else [region],
             )
             yield Stage(f"Training on {describe_device(self.trainer.device)}...")
             if self.stop_requested.is_set():
@@ -335,10 +354,12 @@ def _in_frame(
 
 
 class LabelsLayerCombo(_FollowsLayers, QComboBox):
-    """A dropdown of the viewer's Labels layers (optionally with a 'none' entry)."""
+    """A dropdown of the viewer's Labels layers, or of another ``kind`` (optionally with a
+    'none' entry)."""
 
-    def __init__(self, viewer, *, none: str | None = None, exclude=lambda name: False):
+    def __init__(self, viewer, *, none: str | None = None, exclude=lambda name: False, kind=Labels):
         super().__init__()
+        self._kind = kind
         self._none = none
         self._exclude = exclude
         self.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
@@ -349,7 +370,7 @@ class LabelsLayerCombo(_FollowsLayers, QComboBox):
         layers = [
             ly
             for ly in self._viewer.layers
-            if isinstance(ly, Labels) and not self._exclude(ly.name)
+            if isinstance(ly, self._kind) and not self._exclude(ly.name)
         ]
         self._watch_names(layers)
         names = ([self._none] if self._none else []) + [ly.name for ly in layers]
@@ -364,10 +385,10 @@ class LabelsLayerCombo(_FollowsLayers, QComboBox):
         self.blockSignals(False)
         self.currentIndexChanged.emit(self.currentIndex())
 
-    def layer(self) -> Labels | None:
+    def layer(self):
         name = self.currentText()
         layer = self._viewer.layers[name] if name in self._viewer.layers else None
-        return layer if isinstance(layer, Labels) else None
+        return layer if isinstance(layer, self._kind) else None
 
 
 # --------------------------------------------------------------------------- the widget
@@ -458,6 +479,24 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         )
         self.kind_combo.currentIndexChanged.connect(lambda *_: self._on_kind_changed())
         form.addRow("Labels are", self.kind_combo)
+        self.regions_combo = LabelsLayerCombo(self.viewer, none=WHOLE_LAYER, kind=Shapes)
+        self.regions_combo.setToolTip(
+            "Where the masks are complete: a Shapes layer whose rectangles (or polygons, "
+            "ellipses) mark a few fully labeled crops; outside them pixels count as not "
+            "annotated. 'whole layer': every pixel without an object is background"
+        )
+        self.mark_crops_button = QPushButton("Mark crops")
+        self.mark_crops_button.setToolTip(
+            "A Shapes layer over the image to draw rectangles around the crops you labeled"
+        )
+        self.mark_crops_button.clicked.connect(lambda: self.mark_crops())
+        self.regions_row = QWidget()
+        row = QHBoxLayout(self.regions_row)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.regions_combo, 1)
+        row.addWidget(self.mark_crops_button)
+        self.regions_label = QLabel("Labeled crops")
+        form.addRow(self.regions_label, self.regions_row)
         self.target_combo = _combo(["instances", "semantic"])
         self.target_combo.setToolTip(
             "Instances: separate objects (touching ones split by a watershed). "
@@ -649,6 +688,7 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
             "encoder": self.encoder_combo,
             "labels": self.labels_combo,
             "ground_truth": self.truth_combo,
+            "regions": self.regions_combo,
             "image": self.image_combo,
         }
         for key, value in options.items():
@@ -746,6 +786,9 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         if masks:
             self.target_combo.setCurrentText("instances")
         self.target_combo.setEnabled(not masks)
+        # labeled crops inside an otherwise unlabeled image only mean something for masks
+        self.regions_row.setVisible(masks)
+        self.regions_label.setVisible(masks)
 
     def _on_mode_changed(self) -> None:
         instant = self.instant
@@ -823,7 +866,12 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         idle = not self._running
         self.run_button.setEnabled(idle)
         self.stop_button.setEnabled(self._running)
-        for w in (self.load_button, self.new_scribbles_button, self.mode_combo):
+        for w in (
+            self.load_button,
+            self.new_scribbles_button,
+            self.mark_crops_button,
+            self.mode_combo,
+        ):
             w.setEnabled(idle)
         # while a network trains the form would not apply to the run; live refits of the
         # feature classifier are short and painting goes on, so nothing is locked for them
@@ -854,6 +902,31 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         layer.mode = "paint"
         name = layer.name.replace("{", "{{").replace("}", "}}")
         self._show_hint(f"Paint in '{name}': 1 = background, 2 = foreground; then {{}}.")
+        return layer
+
+    def mark_crops(self) -> Shapes | None:
+        """Add a Shapes layer over the image for rectangles around the labeled crops."""
+        image = self.image_combo.layer()
+        if image is None:
+            show_error("Choose an image layer first.")
+            return None
+        axes = self.axes_edit.text().strip().upper()
+        space = label_space(image, axes)
+        layer = self.viewer.add_shapes(
+            name=f"{image.name} labeled crops",
+            ndim=len(space["scale"]),
+            edge_color="yellow",
+            face_color="transparent",
+            edge_width=2,
+            **space,
+        )
+        self.kind_combo.setCurrentText(MASKS)
+        self.regions_combo.setCurrentText(layer.name)
+        self.viewer.layers.selection.active = layer
+        layer.mode = "add_rectangle"
+        self._show_hint(
+            "Draw a rectangle around each crop whose objects are all painted in the masks; then {}."
+        )
         return layer
 
     def load_encoder(self) -> None:
@@ -938,6 +1011,15 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         truth_layer = self.truth_combo.layer()
         truth = np.asarray(truth_layer.data) if truth_layer is not None else None
         masks = self.kind_combo.currentText() == MASKS
+        region = None
+        regions_layer = self.regions_combo.layer() if masks else None
+        if regions_layer is not None:
+            region = region_mask(regions_layer, want, label_space(image, axes))
+            if not (labels[region] > 0).any():
+                raise InvalidInputError(
+                    f"no object of '{labels_layer.name}' lies in the crops of "
+                    f"'{regions_layer.name}': draw the rectangles around labeled objects"
+                )
         target = "instances" if masks else self.target_combo.currentText()
         device = resolve_device(self.device_combo.device())
         encoder = self.encoder()
@@ -950,7 +1032,7 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         self.metrics.setText("")
         if self.instant:
             return self._prepare_instant(
-                image, data, labels, truth, axes, encoder, denoiser, device, target, masks
+                image, data, labels, truth, axes, encoder, denoiser, device, target, masks, region
             )
         n_classes = None
         if not masks:
@@ -993,11 +1075,12 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
             name=name,
             truth=truth,
             target=target,
+            region=region,
         )
         return gen, config.training.steps
 
     def _prepare_instant(
-        self, image, data, labels, truth, axes, encoder, denoiser, device, target, masks
+        self, image, data, labels, truth, axes, encoder, denoiser, device, target, masks, region
     ):
         frame = None
         frame_axes = axes
@@ -1009,6 +1092,8 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
             data = np.take(data, frame, axis=axes.index("T"))
             t_labels = [a for a in axes if a != "C"].index("T")
             labels = np.take(labels, frame, axis=t_labels)
+            if region is not None:
+                region = np.take(region, frame, axis=t_labels)
             if truth is not None and truth.ndim == len(self._target[3]):
                 truth = np.take(truth, frame, axis=t_labels)
             frame_axes = axes.replace("T", "")
@@ -1019,6 +1104,13 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
                 )
         if masks:
             labels = np.where(labels > 0, 2, 1).astype(np.uint8)
+            if region is not None:
+                labels[~region] = 0  # outside the labeled crops: not annotated
+                if not (labels == 1).any() or not (labels == 2).any():
+                    raise InvalidInputError(
+                        "the labeled crops need background and objects"
+                        + (f" in frame {frame}" if frame is not None else "")
+                    )
         key = (
             id(image.data),
             tuple(np.shape(data)),
@@ -1271,6 +1363,59 @@ def _class_or_object_colors(layer: Labels, *, semantic: bool) -> None:
         layer.colormap = class_colormap()
     elif not semantic and ours:
         layer.colormap = label_colormap()
+
+
+def region_mask(shapes: Shapes, shape: tuple[int, ...], space: dict) -> np.ndarray:
+    """The pixels of a labels grid of ``shape`` (placed in the world by ``space``) that the
+    rectangles, polygons and ellipses of ``shapes`` cover.
+
+    Shapes drawn in a plane of a 3D (or time) layer mark that plane only; shapes of a 2D
+    layer over a 3D image mark every plane. Errors are :class:`InvalidInputError`.
+    """
+    from skimage.draw import polygon2mask
+
+    if not len(shapes.data):
+        raise InvalidInputError(
+            f"'{shapes.name}' has no shape: draw rectangles around the labeled crops, or choose "
+            f"'{WHOLE_LAYER}'"
+        )
+    scale, translate = np.asarray(space["scale"]), np.asarray(space["translate"])
+    nd = len(shape)
+    mask = np.zeros(shape, bool)
+    for verts, kind in zip(shapes.data, shapes.shape_type, strict=True):
+        if kind not in ("rectangle", "polygon", "ellipse"):
+            raise InvalidInputError(
+                f"'{shapes.name}' holds a {kind}: mark the labeled crops with rectangles, "
+                "polygons or ellipses"
+            )
+        world = np.array([shapes.data_to_world(v) for v in verts], float)
+        k = min(nd, world.shape[1])
+        pix = (world[:, -k:] - translate[-k:]) / scale[-k:]  # the labels' pixel coordinates
+        if kind == "ellipse":  # napari stores the four corners of its bounding box
+            c = pix.mean(axis=0)
+            a, b = (pix[1] - pix[0]) / 2, (pix[3] - pix[0]) / 2
+            t = np.linspace(0, 2 * np.pi, 64, endpoint=False)[:, None]
+            pix = c + np.cos(t) * a + np.sin(t) * b
+        varying = [i for i in range(k) if np.ptp(pix[:, i]) > 1e-6]
+        if len(varying) != 2:
+            raise InvalidInputError(f"a shape of '{shapes.name}' is not a flat area")
+        lead = nd - k  # labels axes the shapes layer does not have: every plane
+        index = [slice(None)] * nd
+        for i in range(k):
+            if i not in varying:
+                at = int(round(float(pix[0, i])))
+                if not 0 <= at < shape[lead + i]:
+                    break  # in a plane outside the image
+                index[lead + i] = at
+        else:
+            plane_axes = [lead + i for i in varying]
+            plane = polygon2mask(tuple(shape[a] for a in plane_axes), pix[:, varying])
+            view = mask[tuple(index)]
+            # the plane's two axes are the last two left in ``view``
+            view |= plane.reshape((1,) * (view.ndim - 2) + plane.shape)
+    if not mask.any():
+        raise InvalidInputError(f"the shapes of '{shapes.name}' do not cover the image")
+    return mask
 
 
 def _world_axis(viewer, layer, data_axis: int) -> int:

@@ -52,7 +52,7 @@ from .postprocess import (
     instances_to_classes,
     semantic_labels,
 )
-from .tiling import count_tiles, iter_predict_tiled, run_generator
+from .tiling import count_tiles, iter_predict_tiled, run_generator, with_flip_averaging
 from .training import TrainingProgress
 
 LabelsKind = Literal["scribbles", "instances"]
@@ -136,10 +136,31 @@ class SegmenterConfig(_Strict):
 
 # ------------------------------------------------------------------ labels -> targets
 def labels_to_target(
-    labels: np.ndarray, kind: LabelsKind, n_classes: int | None = None
+    labels: np.ndarray,
+    kind: LabelsKind,
+    n_classes: int | None = None,
+    *,
+    region: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Class targets (int64, -1 = ignored) from scribbles or dense instance masks."""
+    """Class targets (int64, -1 = ignored) from scribbles or dense instance masks.
+
+    ``region`` marks where the labels are complete (a few fully labeled crops inside otherwise
+    unlabeled images): outside it, pixels are ignored. For instance masks the labels are first
+    continued outward from the region's edge (each outside pixel takes the label of the
+    nearest inside pixel), so an object cut by a crop's edge gets no boundary there.
+    """
     labels = np.asarray(labels)
+    if region is not None:
+        region = np.asarray(region).astype(bool)
+        if region.shape != labels.shape:
+            raise InvalidInputError(
+                f"the labeled-region mask has shape {region.shape} but the labels have shape "
+                f"{labels.shape}"
+            )
+        if not region.any():
+            raise InvalidInputError("the labeled-region mask is empty: mark the labeled crops")
+        target = labels_to_target(_continue_outward(labels, region), kind, n_classes)
+        return np.where(region, target, -1)
     if labels.dtype.kind not in "biu":
         if labels.dtype.kind == "f" and np.all(np.mod(labels, 1) == 0):
             labels = labels.astype(np.int64)
@@ -156,6 +177,16 @@ def labels_to_target(
             f"exist (values 1..{n_classes}; 0 = not annotated)"
         )
     return target
+
+
+def _continue_outward(labels: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """``labels`` inside ``region``; outside, the label of the nearest pixel inside."""
+    if region.all():
+        return labels
+    from scipy import ndimage as ndi
+
+    idx = ndi.distance_transform_edt(~region, return_distances=False, return_indices=True)
+    return labels[tuple(idx)]
 
 
 def check_targets(targets: Sequence[np.ndarray], n_classes: int) -> np.ndarray:
@@ -285,8 +316,13 @@ class SegmenterModel(TrainedModel):
         overlap="auto",
         device="auto",
         cancel: Callable[[], bool] | None = None,
+        tta: bool = False,
     ) -> Generator:
-        """Tiled segmentation yielding progress; returns a :class:`SegmentationResult`."""
+        """Tiled segmentation yielding progress; returns a :class:`SegmentationResult`.
+
+        ``tta`` averages the class probabilities of all mirror images of each tile (4 passes
+        in 2D, 8 in 3D), as the denoiser's option does.
+        """
         image = check_image(image)
         layout = self.check_layout(image.shape, axes)
         dev = resolve_device(device)
@@ -298,6 +334,9 @@ class SegmenterModel(TrainedModel):
             y = net(x)
             probs = torch.softmax(y[:, :k].float(), dim=1)
             return torch.cat([probs, y[:, k:].float()], dim=1) if joint else probs
+
+        if tta:
+            forward = with_flip_averaging(forward, layout.spatial_dims)
 
         internal = layout.to_internal(image)
         prepare, lo, span = self.normalizer(layout.spatial_dims)
@@ -439,6 +478,7 @@ class SegmenterTrainer:
         encoder: DenoiserModel | None = None,
         device="auto",
         name: str = "segmenter",
+        regions: Sequence[np.ndarray | None] | None = None,
     ):
         if len(images) != len(labels):
             raise InvalidInputError(
@@ -446,11 +486,18 @@ class SegmenterTrainer:
             )
         if not images:
             raise InvalidInputError("no training images were given")
+        if regions is None:
+            regions = [None] * len(labels)
+        if len(regions) != len(labels):
+            raise InvalidInputError(
+                f"{len(labels)} label image(s) but {len(regions)} region mask(s); give one per "
+                "label image (None where the whole image is labeled)"
+            )
         self.config = config
         self.device = resolve_device(device)
         t = config.training
         internals, targets = [], []
-        for i, (img, lab) in enumerate(zip(images, labels, strict=True)):
+        for i, (img, lab, region) in enumerate(zip(images, labels, regions, strict=True)):
             img = check_image(img, name=f"image {i + 1}")
             layout = Layout(check_axes_match(img.shape, config.axes), img.shape)
             lab = np.asarray(lab)
@@ -469,7 +516,10 @@ class SegmenterTrainer:
                     f"{i + 1} has {layout.channels}"
                 )
             internals.append(layout.to_internal(img))
-            tgt = labels_to_target(lab, config.labels_kind, config.n_classes)
+            try:
+                tgt = labels_to_target(lab, config.labels_kind, config.n_classes, region=region)
+            except InvalidInputError as exc:
+                raise InvalidInputError(f"labels {i + 1}: {exc}") from None
             targets.append(tgt.reshape(-1, *layout.spatial_shape))
         counts = check_targets(targets, config.n_classes)
         if config.normalization is None:
@@ -671,22 +721,29 @@ def train_segmenter(
     encoder: DenoiserModel | str | os.PathLike | None = None,
     device="auto",
     callback=None,
+    regions: np.ndarray | Sequence[np.ndarray | None] | None = None,
     **options,
 ) -> SegmenterModel:
     """Train a segmenter on images and their scribbles or instance masks (synchronous).
 
     ``encoder`` is a trained :class:`DenoiserModel` (or its file) whose encoder initialises
-    the network, or ``None`` for random initialisation. ``options`` go to
+    the network, or ``None`` for random initialisation. ``regions`` (one mask per label image,
+    or ``None``) marks where the labels are complete, for a few fully labeled crops inside
+    otherwise unlabeled images: outside, pixels are not annotated. ``options`` go to
     :func:`make_segmenter_config` (``labels_kind``, ``target``, ``steps``, ``joint_denoising``...).
     """
     if isinstance(images, np.ndarray):
         images = [images]
     if isinstance(labels, np.ndarray):
         labels = [labels]
+    if isinstance(regions, np.ndarray):
+        regions = [regions]
     if encoder is not None and not isinstance(encoder, DenoiserModel):
         encoder = DenoiserModel.load(encoder)
     if options.get("labels_kind", "scribbles") == "scribbles" and options.get("n_classes") is None:
         options["n_classes"] = max(2, max(int(np.max(lab)) for lab in labels))
     config = make_segmenter_config(images[0].shape, encoder=encoder, **options)
-    trainer = SegmenterTrainer(images, labels, config, encoder=encoder, device=device)
+    trainer = SegmenterTrainer(
+        images, labels, config, encoder=encoder, device=device, regions=regions
+    )
     return run_generator(trainer.run(), callback)
