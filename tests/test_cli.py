@@ -302,6 +302,10 @@ def test_segmentation_commands(files, model_file, capsys, nuclei_2d, tmp_path):
         == 0
     )
     assert "AP@0.5" in capsys.readouterr().out
+    tta = tmp_path / "tta"
+    assert main(["segment", str(seg), str(files / "noisy.tif"), "--out", str(tta), "--tta"]) == 0
+    prob, prob_tta = (tifffile.imread(d / "noisy_prob.tif") for d in (out, tta))
+    assert prob_tta.shape == prob.shape and 0 < np.abs(prob_tta - prob).max() < 0.5
     assert load_model(seg).config.training.transfer == "encoder"
     labels = tifffile.imread(out / "noisy_labels.tif")
     assert labels.shape == noisy.shape and labels.dtype == np.uint16

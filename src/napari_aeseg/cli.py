@@ -154,6 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tile", type=_tile_value, default="auto")
     g.add_argument("--overlap", type=_tile_value, default="auto")
     g.add_argument("--truth", nargs="+", metavar="GT", help="ground-truth labels: print metrics")
+    g.add_argument(
+        "--tta",
+        action="store_true",
+        help="average the probabilities over mirrored tiles (4x slower in 2D)",
+    )
     _device_seed(g, seed=False)
 
     e = sub.add_parser("evaluate", help="AP@0.5, F1 and IoU of predictions against ground truth")
@@ -401,7 +406,12 @@ def _segment(args) -> int:
             )
         result = _run_with_bar(
             model.iter_segment(
-                data, axes=axes, tile=args.tile, overlap=args.overlap, device=args.device
+                data,
+                axes=axes,
+                tile=args.tile,
+                overlap=args.overlap,
+                device=args.device,
+                tta=args.tta,
             ),
             f"segment {f.path.name}",
             args.quiet,

@@ -305,3 +305,14 @@ def test_crops_inside_an_unlabeled_image(nuclei_2d, tiny):
     # measured 0.97 and 0.81
     assert scores["crops"] > 0.85
     assert scores["crops"] > scores["as if complete"] + 0.1
+
+
+def test_flip_averaging_is_flip_equivariant(nuclei_2d, denoiser, scribbles):
+    _, noisy, _ = nuclei_2d
+    seg = train_segmenter(noisy, scribbles, encoder=denoiser, device="cpu", **{**SEG, "steps": 5})
+    plain = seg.segment(noisy, device="cpu").probabilities
+    tta = seg.segment(noisy, device="cpu", tta=True).probabilities
+    flipped = seg.segment(noisy[::-1, ::-1].copy(), device="cpu", tta=True).probabilities
+    np.testing.assert_allclose(flipped[:, ::-1, ::-1], tta, atol=1e-5)
+    np.testing.assert_allclose(tta.sum(axis=0), 1.0, atol=1e-5)
+    assert np.abs(tta - plain).max() > 1e-3
