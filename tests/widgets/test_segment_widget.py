@@ -403,8 +403,10 @@ def test_masks_in_marked_crops_leave_the_rest_unlabeled(qtbot, segment_viewer, c
     crops[8:56, 8:56] = crops[72:120, 64:112] = True
     space = dict(scale=(0.5, 0.25), translate=(10.0, -4.0))
     viewer.add_labels(np.where(crops, truth, 0), name="crop masks", **space)
+    assert widget.regions_row.isHidden(), "crops are for masks, not scribbles"
     widget.set_options(labels="crop masks", labels_kind=MASKS)
     assert not widget.regions_row.isHidden() and widget.regions_combo.currentText() == WHOLE_LAYER
+    assert "own label" in widget.hint.text() and "Mark" in widget.hint.text()
 
     shapes = widget.mark_crops()
     assert shapes.name == "noisy labeled crops" and shapes.mode == "add_rectangle"

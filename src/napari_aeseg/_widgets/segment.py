@@ -77,6 +77,11 @@ WHOLE_LAYER = "whole layer"
 SCRIBBLES = "scribbles"
 MASKS = "instance masks"
 LIVE_DELAY_MS = 300
+SCRIBBLE_HINT = "Paint 1 = background, 2 = foreground (3, 4... more classes)."
+MASK_HINT = (
+    "Paint each object with its own label, 0 = background; labeled only in places? "
+    "Mark those crops."
+)
 #: scribble and class colours: background (1) bright on dark images too, unlike napari's
 #: default for label 1; further classes stay distinct; anything higher is white
 CLASS_COLORS = {
@@ -424,6 +429,7 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         denoisers = self._denoisers()  # the newest denoiser of the session is the encoder
         self._on_session_changed(denoisers[-1] if denoisers else "")
         self._on_image_changed()
+        self._on_kind_changed()
         self._on_mode_changed()
         self._on_encoder_changed()
         self._update_buttons()
@@ -463,7 +469,7 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         row.addWidget(self.labels_combo, 1)
         row.addWidget(self.new_scribbles_button)
         form.addRow("Labels", labels_row)
-        self.hint = QLabel("Paint 1 = background, 2 = foreground (3, 4... more classes).")
+        self.hint = QLabel(SCRIBBLE_HINT)
         self.hint.setToolTip(
             "0 = not annotated (ignored). A layer made with 'New scribble layer' shows "
             "background in orange and foreground in cyan. For semantic classes, paint "
@@ -786,6 +792,7 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         if masks:
             self.target_combo.setCurrentText("instances")
         self.target_combo.setEnabled(not masks)
+        self.hint.setText(MASK_HINT if masks else SCRIBBLE_HINT)
         # labeled crops inside an otherwise unlabeled image only mean something for masks
         self.regions_row.setVisible(masks)
         self.regions_label.setVisible(masks)
