@@ -44,6 +44,10 @@ def model_file(files):
     return out
 
 
+def _tiny_segmenter(*, steps: int) -> list[str]:
+    return f"--steps {steps} --patch 32 --batch 4 --lr 3e-3 --device cpu".split()
+
+
 def _error(capsys, argv):
     code = main(argv)
     err = capsys.readouterr().err.strip()
@@ -268,16 +272,7 @@ def test_segmentation_commands(files, model_file, capsys, nuclei_2d, tmp_path):
                 str(model_file),
                 "--transfer",
                 "encoder",
-                "--steps",
-                "40",
-                "--patch",
-                "32",
-                "--batch",
-                "4",
-                "--lr",
-                "3e-3",
-                "--device",
-                "cpu",
+                *_tiny_segmenter(steps=40),
                 "--quiet",
             ]
         )
@@ -378,18 +373,9 @@ def test_train_segmenter_on_masks_in_marked_crops(files, capsys, nuclei_2d, tmp_
         "instances",
         "--out",
         str(seg),
-        "--steps",
-        "120",
-        "--patch",
-        "32",
-        "--batch",
-        "4",
-        "--lr",
-        "3e-3",
+        *_tiny_segmenter(steps=120),
         "--channels",
         "8",
-        "--device",
-        "cpu",
         "--quiet",
     ]
     assert main([*args, "--regions", str(tmp_path / "crops.tif")]) == 0

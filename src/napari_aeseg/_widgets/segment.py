@@ -888,13 +888,19 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         self.save_button.setEnabled(idle and self._model is not None)
 
     # ------------------------------------------------------------------ actions
-    def new_scribble_layer(self) -> Labels | None:
-        """Add an empty Labels layer over the image, ready to paint foreground (label 2)."""
+    def _image_and_axes(self):
+        """The chosen image layer and the form's axes; (None, '') with a message if none."""
         image = self.image_combo.layer()
         if image is None:
             show_error("Choose an image layer first.")
+            return None, ""
+        return image, self.axes_edit.text().strip().upper()
+
+    def new_scribble_layer(self) -> Labels | None:
+        """Add an empty Labels layer over the image, ready to paint foreground (label 2)."""
+        image, axes = self._image_and_axes()
+        if image is None:
             return None
-        axes = self.axes_edit.text().strip().upper()
         layer = self.viewer.add_labels(
             np.zeros(labels_shape(image, axes), np.uint8),
             name=f"{image.name} scribbles",
@@ -913,11 +919,9 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
 
     def mark_crops(self) -> Shapes | None:
         """Add a Shapes layer over the image for rectangles around the labeled crops."""
-        image = self.image_combo.layer()
+        image, axes = self._image_and_axes()
         if image is None:
-            show_error("Choose an image layer first.")
             return None
-        axes = self.axes_edit.text().strip().upper()
         space = label_space(image, axes)
         layer = self.viewer.add_shapes(
             name=f"{image.name} labeled crops",
