@@ -9,6 +9,7 @@ import pytest
 from napari.layers import Image, Labels
 
 from napari_aeseg._widgets.segment import FINE_TUNE, INSTANT, output_names
+from napari_aeseg.core.errors import InvalidInputError
 from napari_aeseg.core.metrics import score_instances
 from napari_aeseg.core.noise import add_noise
 from napari_aeseg.core.segmenter import SegmenterModel
@@ -461,3 +462,24 @@ def test_marked_crops_that_hold_no_object_are_reported(qtbot, segment_viewer, ce
     wait_idle(qtbot, widget, timeout=60_000)
     assert len(shown) == 1 and "no object of 'one object' lies in the crops" in shown[0]
     assert [ly.name for ly in viewer.layers] == names
+
+
+def test_region_mask_of_planes_and_2d_shapes_over_a_stack():
+    from napari.layers import Shapes
+
+    from napari_aeseg._widgets.segment import region_mask
+
+    space = dict(scale=(1.0, 1.0, 1.0), translate=(0.0, 0.0, 0.0))
+    in_plane = Shapes(ndim=3)
+    in_plane.add_rectangles([[[2, 1.5, 1.5], [2, 1.5, 5.5], [2, 5.5, 5.5], [2, 5.5, 1.5]]])
+    mask = region_mask(in_plane, (4, 8, 8), space)
+    want = np.zeros((4, 8, 8), bool)
+    want[2, 2:6, 2:6] = True
+    np.testing.assert_array_equal(mask, want)
+    flat = Shapes(ndim=2)
+    flat.add_rectangles([[[1.5, 1.5], [5.5, 5.5]]])
+    every_plane = np.broadcast_to(want[2], (4, 8, 8))  # a 2D layer over a stack
+    np.testing.assert_array_equal(region_mask(flat, (4, 8, 8), space), every_plane)
+    flat.add_lines([[0, 0], [5, 5]])
+    with pytest.raises(InvalidInputError, match="holds a line"):
+        region_mask(flat, (4, 8, 8), space)
