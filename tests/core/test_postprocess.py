@@ -1,4 +1,6 @@
 import numpy as np
+import pytest
+from scipy import ndimage as ndi
 
 from napari_aeseg.core.metrics import score_instances
 from napari_aeseg.core.postprocess import (
@@ -61,3 +63,20 @@ def test_touching_discs_split_despite_a_gap_in_the_boundary():
     labels = instances_from_probabilities(_probs_from_classes(classes, 3), min_size=5)
     assert labels.max() == 2
     assert score_instances(truth, labels).ap == 1.0
+
+
+@pytest.mark.parametrize("shape", [(96, 128), (12, 40, 48)])
+def test_h_maxima_object_by_object_equals_the_whole_image(shape):
+    from skimage.morphology import h_maxima
+
+    from napari_aeseg.core.postprocess import h_maxima_above
+
+    rng = np.random.default_rng(0)
+    blobs = ndi.gaussian_filter(rng.random(shape), 2) > 0.5
+    dist = ndi.gaussian_filter(ndi.distance_transform_edt(blobs), 1.0)
+    dist += rng.random(shape) * 0.3  # plateaus and near-ties
+    for h, level in ((1.0, 1.5), (0.5, 1.5), (2.0, 1.5)):
+        want = h_maxima(dist, h).astype(bool) & (dist > level)
+        got = h_maxima_above(dist, h, level)
+        assert want.any()
+        np.testing.assert_array_equal(got, want)
