@@ -4,9 +4,12 @@ What a user with a GPU waits for, measured through the public engine only:
 
 - denoiser training (``DenoiserTrainer``, ``n2v2``, mixed precision where the device has
   it) at the default batch of 16 and at 128, 64 x 64 patches, width 32;
-- segmenter fine-tuning (``SegmenterTrainer``, 3 classes from instance masks) at batch 8;
+- segmenter fine-tuning (``SegmenterTrainer``, 3 classes from the real nuclei sample's
+  instance masks) at batch 8;
 - tiled denoising and segmentation (``tile='auto'``) of the real nuclei sample tiled to
-  2048 x 2048 and 4096 x 4096, with the CPU's 2048 x 2048 time beside it for scale.
+  2048 x 2048 and 4096 x 4096, with the CPU's 2048 x 2048 time beside it for scale; and
+  the share of segmentation spent in the CPU post-processing
+  (``instances_from_probabilities``, the seeded watershed), timed on its own.
 
 Each case is timed after a warm-up; steps/s is the median of ``--rounds`` blocks. A case
 that fails is recorded with its error instead of stopping the run. Prints a table and
@@ -101,10 +104,12 @@ def bench(args, device) -> list[dict]:
     case("train denoiser n2v2, batch 128", denoiser(128))
 
     def segmenter():
-        cfg = make_segmenter_config(
-            train.clean.shape, labels_kind="instances", steps=10**6, batch_size=8
-        )
-        trainer = SegmenterTrainer([train.clean], [train.labels], cfg, device=device)
+        from napari_aeseg.core.samples import load_sample
+
+        real = load_sample("nuclei_2d").astype(np.float32)
+        cfg = make_segmenter_config(real.shape, labels_kind="instances", steps=10**6, batch_size=8)
+        labels = load_sample("nuclei_2d_labels")
+        trainer = SegmenterTrainer([real], [labels], cfg, device=device)
         rates = _steps_per_s(trainer.run(), device, args.warmup, args.steps, args.rounds)
         den_model["segmenter"] = trainer.result()
         med = statistics.median(rates)
@@ -130,12 +135,32 @@ def bench(args, device) -> list[dict]:
 
         return run
 
+    def postprocess(size):
+        from napari_aeseg.core.postprocess import instances_from_probabilities
+
+        def run():
+            probs = den_model["segmenter"].segment(_image(size), device=device).probabilities
+            times = []
+            for _ in range(args.repeats):
+                t0 = time.perf_counter()
+                labels = instances_from_probabilities(probs)
+                times.append(time.perf_counter() - t0)
+            med = statistics.median(times)
+            return {
+                "seconds": round(med, 3),
+                "mpix_per_s": round(size * size / 1e6 / med, 2),
+                "objects": int(labels.max()),
+            }
+
+        return run
+
     for kind in ("denoise", "segment"):
         for size in args.sizes:
             case(f"{kind} {size}x{size}, {device.type}", infer(kind, size, device.type))
         if device.type != "cpu":
             size = args.sizes[0]
             case(f"{kind} {size}x{size}, cpu", infer(kind, size, "cpu"))
+    case(f"post-processing alone {args.sizes[0]}, cpu", postprocess(args.sizes[0]))
     return rows
 
 
@@ -160,7 +185,7 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     started = time.perf_counter()
     rows = bench(args, device)
-    keys = ["steps_per_s", "patches_per_s", "seconds", "mpix_per_s", "error"]
+    keys = ["steps_per_s", "patches_per_s", "seconds", "mpix_per_s", "objects", "error"]
     print()
     print(format_table(["case", *keys], [[r["case"], *(r.get(k, "") for k in keys)] for r in rows]))
     payload = {
