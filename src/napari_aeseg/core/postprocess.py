@@ -91,10 +91,14 @@ def h_maxima_above(image: np.ndarray, h: float, level: float) -> np.ndarray:
     floor = level - h
     if floor <= 0:
         return h_maxima(image, h).astype(bool) & (image > level)
-    regions, _ = ndi.label(image > floor)
+    regions, n = ndi.label(image > floor)
     out = np.zeros(image.shape, bool)
+    if not n:
+        return out
+    # a region that never rises above ``level`` holds no seed (many, on noisy predictions)
+    tops = ndi.maximum(image, regions, np.arange(1, n + 1))
     for i, box in enumerate(ndi.find_objects(regions), start=1):
-        if box is None:
+        if box is None or tops[i - 1] <= level:
             continue
         own = regions[box] == i
         crop = np.where(own, image[box], 0.0)
