@@ -21,6 +21,14 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture
+def two_crops():
+    """Two 48 x 48 crops of the 128 x 128 nuclei images, as a mask (labeled crops)."""
+    crops = np.zeros((128, 128), bool)
+    crops[8:56, 8:56] = crops[72:120, 64:112] = True
+    return crops
+
+
 @pytest.fixture(scope="session")
 def nuclei_2d():
     """Synthetic 2D nuclei (clean in [0, 1]) with Gaussian noise of 0.15 of the range."""

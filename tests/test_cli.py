@@ -357,10 +357,9 @@ def test_segmentation_commands(files, model_file, capsys, nuclei_2d, tmp_path):
     )
 
 
-def test_train_segmenter_on_masks_in_marked_crops(files, capsys, nuclei_2d, tmp_path):
+def test_train_segmenter_on_masks_in_marked_crops(files, capsys, nuclei_2d, tmp_path, two_crops):
     _, noisy, truth = nuclei_2d
-    region = np.zeros(truth.shape, np.uint8)
-    region[8:56, 8:56] = region[72:120, 64:112] = 1
+    region = two_crops.astype(np.uint8)
     tifffile.imwrite(tmp_path / "masks.tif", np.where(region > 0, truth, 0).astype(np.uint16))
     tifffile.imwrite(tmp_path / "crops.tif", region)
     seg = tmp_path / "seg.aeseg"

@@ -33,15 +33,14 @@ def test_amp_training_and_tiled_inference_on_cuda(nuclei_2d):
     assert psnr(clean, gpu, 1.0) > psnr(clean, noisy, 1.0) + 3
 
 
-def test_segmenter_trains_and_segments_on_cuda(nuclei_2d):
+def test_segmenter_trains_and_segments_on_cuda(nuclei_2d, two_crops):
     """Masks in two marked crops, trained and applied on the GPU: the result matches the CPU's
     and finds the objects outside the crops."""
     from napari_aeseg.core.metrics import score_instances
     from napari_aeseg.core.segmenter import train_segmenter
 
     _, noisy, truth = nuclei_2d
-    region = np.zeros(truth.shape, bool)
-    region[8:56, 8:56] = region[72:120, 64:112] = True
+    region = two_crops
     seg = train_segmenter(
         noisy,
         np.where(region, truth, 0),

@@ -282,13 +282,12 @@ def test_bad_regions(nuclei_2d, region, message):
         )
 
 
-def test_crops_inside_an_unlabeled_image(nuclei_2d, tiny):
+def test_crops_inside_an_unlabeled_image(nuclei_2d, tiny, two_crops):
     """Objects painted in two crops only: with the crops marked, the rest of the image is
     unlabeled and the segmenter finds the other objects; without, it learns they are
     background."""
     _, noisy, truth = nuclei_2d
-    region = np.zeros(truth.shape, bool)
-    region[8:56, 8:56] = region[72:120, 64:112] = True
+    region = two_crops
     painted = np.where(region, truth, 0)
     outside = ~region
     scores = {}

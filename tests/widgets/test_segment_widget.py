@@ -393,15 +393,14 @@ def test_instant_classifier_on_a_3d_stack(qtbot, make_napari_viewer):
     assert score_instances(s.labels, np.asarray(seg.data)).pixel_iou > 0.6
 
 
-def test_masks_in_marked_crops_leave_the_rest_unlabeled(qtbot, segment_viewer, cells):
+def test_masks_in_marked_crops_leave_the_rest_unlabeled(qtbot, segment_viewer, cells, two_crops):
     """A few objects painted in two crops, the crops marked with rectangles: the objects
     elsewhere are found, not learned as background."""
     from napari_aeseg._widgets.segment import MASKS, WHOLE_LAYER, label_space, region_mask
 
     viewer, widget = segment_viewer
     _, truth, _ = cells
-    crops = np.zeros(truth.shape, bool)
-    crops[8:56, 8:56] = crops[72:120, 64:112] = True
+    crops = two_crops
     space = dict(scale=(0.5, 0.25), translate=(10.0, -4.0))
     viewer.add_labels(np.where(crops, truth, 0), name="crop masks", **space)
     assert widget.regions_row.isHidden(), "crops are for masks, not scribbles"
