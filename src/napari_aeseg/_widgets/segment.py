@@ -551,7 +551,14 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         row.addWidget(self.denoiser_combo, 1)
         form.addRow(den_row)
 
-        self.steps = _spin(1, 1_000_000, 300, tip="Training steps (batches)")
+        self.steps = _spin(
+            1,
+            1_000_000,
+            300,
+            tip="Training steps (batches). With very few labels (one small crop) and an "
+            "encoder, about 150 steps did better than 400, which overfit the crop "
+            "(docs/segmentation_benchmark.md)",
+        )
         self.steps.valueChanged.connect(lambda *_: self._idle_progress())
         self.steps_label = QLabel("Steps")
         form.addRow(self.steps_label, self.steps)
