@@ -102,6 +102,36 @@ def test_decoder_is_transferred_and_starts_as_the_denoisers(nuclei_2d, denoiser,
     np.testing.assert_allclose(out.numpy(), den.numpy(), atol=1e-5)
 
 
+def _drift(trainer, denoiser, part):
+    """Largest change of a weight copied from the denoiser."""
+    start = dict(getattr(denoiser.network, part).named_parameters())
+    now = dict(getattr(trainer.network, part).named_parameters())
+    return max(
+        float((now[k] - v).detach().abs().max())
+        for k, v in start.items()
+        if now[k].shape == v.shape
+    )
+
+
+def test_anchor_pulls_copied_weights_back_to_the_denoisers(nuclei_2d, denoiser, scribbles):
+    _, noisy, _ = nuclei_2d
+    kw = dict(steps=20, freeze_encoder_steps=0, encoder_lr_factor=1.0)
+    free = _trainer(noisy, scribbles, denoiser, **kw)
+    run_generator(free.run())
+    held = _trainer(noisy, scribbles, denoiser, anchor=1000, **kw)
+    run_generator(held.run())
+    mild = _trainer(noisy, scribbles, denoiser, anchor=30, **kw)
+    run_generator(mild.run())
+    for part in ("encoder", "decoder"):
+        free_drift = _drift(free, denoiser, part)
+        assert free_drift > 0.02
+        assert _drift(held, denoiser, part) < free_drift / 5
+        assert _drift(held, denoiser, part) < _drift(mild, denoiser, part) < free_drift
+    # the new head is not anchored: it learns in every case
+    assert float(held.network.head.weight.detach().abs().sum()) > 0
+    assert held.history[-1][1] < held.history[0][1]
+
+
 def test_dense_instances_random_init_and_joint(nuclei_2d):
     clean, noisy, truth = nuclei_2d
     seg = train_segmenter(

@@ -73,6 +73,10 @@ class SegTrainingConfig(_Strict):
     #: head starts from scratch). ``make_segmenter_config`` picks "encoder+decoder"; the
     #: default here is what model files from before this option did
     transfer: Literal["encoder", "encoder+decoder"] = "encoder"
+    #: pull of the weights copied from a denoiser back toward their starting values, each
+    #: step (a decoupled L2-SP penalty: ``w -= lr * anchor * (w - w0)``); 0 turns it off.
+    #: With very few labels it keeps fine-tuning from overfitting them
+    anchor: float = Field(0.0, ge=0, le=1000)
     joint_denoising: bool = False
     denoise_weight: float = Field(0.5, ge=0, le=100)
     masked_fraction: float = Field(0.02, gt=0, le=0.5)
@@ -558,6 +562,14 @@ class SegmenterTrainer:
         enc_params = list(self.network.encoder.parameters())
         rest = [p for n_, p in self.network.named_parameters() if not n_.startswith("encoder.")]
         self.pretrained = encoder is not None
+        # (parameter, its pretrained value, optimizer group) for the anchor toward the denoiser
+        self.anchors: list[tuple[torch.Tensor, torch.Tensor, int]] = []
+        if self.pretrained and t.anchor > 0:
+            copied = ("encoder.", "decoder.") if t.transfer == "encoder+decoder" else ("encoder.",)
+            for n_, p in self.network.named_parameters():
+                if n_.startswith(copied):
+                    group = 0 if n_.startswith("encoder.") else 1
+                    self.anchors.append((p, p.detach().clone(), group))
         self.enc_lr = t.learning_rate * (t.encoder_lr_factor if self.pretrained else 1.0)
         self.optimizer = torch.optim.AdamW(
             [{"params": enc_params, "lr": self.enc_lr}, {"params": rest, "lr": t.learning_rate}],
@@ -618,6 +630,14 @@ class SegmenterTrainer:
             )
         return loss
 
+    @torch.no_grad()
+    def _pull_to_anchors(self) -> None:
+        a = self.config.training.anchor
+        for p, start, group in self.anchors:
+            lr = self.optimizer.param_groups[group]["lr"]
+            if lr > 0:
+                p.sub_(p - start, alpha=min(1.0, lr * a))
+
     def run(self) -> Generator[TrainingProgress, None, SegmenterModel]:
         t = self.config.training
         self.network.train()
@@ -634,6 +654,7 @@ class SegmenterTrainer:
             loss = self._loss(x, target)
             loss.backward()
             self.optimizer.step()
+            self._pull_to_anchors()
             self.step += 1
             value = float(loss.detach())
             if not math.isfinite(value):
