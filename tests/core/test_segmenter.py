@@ -336,6 +336,38 @@ def test_crops_inside_an_unlabeled_image(nuclei_2d, tiny, two_crops):
     assert scores["crops"] > scores["as if complete"] + 0.1
 
 
+def test_patches_cover_as_much_of_a_crop_as_they_can():
+    """A crop smaller than the patch lies wholly inside every patch drawn for it; a larger
+    one fills the patch. Without crops (scribbles), patches go anywhere around the pixel."""
+    import torch
+
+    from napari_aeseg.core.segmenter import LabeledPatchSampler
+
+    region = np.zeros((96, 200), bool)
+    region[10:34, 150:174] = True  # 24 x 24, smaller than the 32 x 32 patch
+    region[50:90, 20:80] = True  # 40 x 60, larger
+    target = np.where(region, np.arange(region.size).reshape(region.shape) % 3, -1)
+    image = torch.zeros(1, *region.shape)
+    tgt = torch.from_numpy(target)
+    fractions = {}
+    for name, regions in (("crops", [region]), ("scribbles", None)):
+        sampler = LabeledPatchSampler(
+            [image],
+            [tgt],
+            (32, 32),
+            augment=True,
+            generator=torch.Generator().manual_seed(0),
+            regions=regions,
+        )
+        _, t = sampler.sample(400)
+        labeled = (t >= 0).flatten(1).sum(1)
+        fractions[name] = labeled.float().mean().item() / 32**2
+        if regions is not None:
+            # every patch holds the whole small crop (576 pixels) or lies inside the large one
+            assert set(labeled.tolist()) == {24 * 24, 32 * 32}
+    assert fractions["crops"] > fractions["scribbles"] + 0.1, fractions
+
+
 def test_flip_averaging_is_flip_equivariant(nuclei_2d, denoiser, scribbles):
     _, noisy, _ = nuclei_2d
     seg = train_segmenter(noisy, scribbles, encoder=denoiser, device="cpu", **{**SEG, "steps": 5})

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator, model_validator
+from scipy import ndimage as ndi
 
 from .config import (
     FORMAT_VERSION,
@@ -187,8 +188,6 @@ def _continue_outward(labels: np.ndarray, region: np.ndarray) -> np.ndarray:
     """``labels`` inside ``region``; outside, the label of the nearest pixel inside."""
     if region.all():
         return labels
-    from scipy import ndimage as ndi
-
     idx = ndi.distance_transform_edt(~region, return_distances=False, return_indices=True)
     return labels[tuple(idx)]
 
@@ -218,16 +217,28 @@ class LabeledPatchSampler:
     """Random patches centred near annotated pixels (scribbles are sparse), image and target
     cropped and augmented together."""
 
-    def __init__(self, images, targets, patch, *, augment, generator):
+    def __init__(self, images, targets, patch, *, augment, generator, regions=None):
         self.images = images  # list of (C, *S) tensors
         self.targets = targets  # list of (*S) int64 tensors
         self.patch = tuple(patch)
         self.augment = augment
         self.g = generator
+        # boxes[j]: (lower, upper) corners of a labeled crop; a pixel outside any crop gets its
+        # image's whole extent. A patch drawn for a pixel covers as much of its crop as fits.
+        self.boxes: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
         coords, classes = [], []
         for i, t in enumerate(targets):
-            idx = torch.nonzero(t >= 0)
-            coords.append(torch.cat([torch.full((len(idx), 1), i), idx.cpu()], 1))
+            idx = torch.nonzero(t >= 0).cpu()
+            region = None if regions is None else regions[i]
+            box = torch.full((len(idx), 1), len(self.boxes))
+            self.boxes.append(((0,) * t.ndim, tuple(t.shape)))
+            if region is not None:
+                parts, _ = ndi.label(region)
+                for sl in ndi.find_objects(parts):
+                    self.boxes.append((tuple(a.start for a in sl), tuple(a.stop for a in sl)))
+                part = torch.from_numpy(parts[tuple(idx.T.numpy())].astype(np.int64))
+                box = torch.where(part > 0, part + box[:, 0], box[:, 0])[:, None]
+            coords.append(torch.cat([torch.full((len(idx), 1), i), idx, box], 1))
             classes.append(t[t >= 0].cpu())
         self.coords = torch.cat(coords)
         cls = torch.cat(classes)
@@ -255,9 +266,14 @@ class LabeledPatchSampler:
             row = self.coords[members[self._r(len(members))]]
             i = int(row[0])
             shape = self.targets[i].shape
+            lower, upper = self.boxes[int(row[-1])]
             starts = []
-            for c, s, p in zip(row[1:].tolist(), shape, self.patch, strict=True):
-                lo, hi = max(0, c - p + 1), min(c, s - p)
+            spans = zip(row[1:-1].tolist(), shape, self.patch, lower, upper, strict=True)
+            for c, s, p, b0, b1 in spans:
+                # holds pixel c; inside the crop when it is larger than the patch, around all
+                # of it when smaller (without a crop: anywhere in the image)
+                lo = max(0, c - p + 1, min(b0, b1 - p))
+                hi = min(s - p, c, max(b0, b1 - p))
                 starts.append(lo + self._r(hi - lo + 1))
             sl = tuple(slice(a, a + p) for a, p in zip(starts, self.patch, strict=True))
             x = self.images[i][(slice(None), *sl)]
@@ -500,7 +516,7 @@ class SegmenterTrainer:
         self.config = config
         self.device = resolve_device(device)
         t = config.training
-        internals, targets = [], []
+        internals, targets, masks = [], [], []
         for i, (img, lab, region) in enumerate(zip(images, labels, regions, strict=True)):
             img = check_image(img, name=f"image {i + 1}")
             layout = Layout(check_axes_match(img.shape, config.axes), img.shape)
@@ -525,6 +541,9 @@ class SegmenterTrainer:
             except InvalidInputError as exc:
                 raise InvalidInputError(f"labels {i + 1}: {exc}") from None
             targets.append(tgt.reshape(-1, *layout.spatial_shape))
+            masks.append(
+                None if region is None else np.asarray(region, bool).reshape(targets[-1].shape)
+            )
         counts = check_targets(targets, config.n_classes)
         if config.normalization is None:
             config.normalization = fit_normalization(internals)
@@ -534,12 +553,13 @@ class SegmenterTrainer:
             min(p, _fit(p, min(tg.shape[1 + d] for tg in targets), config.architecture.divisor))
             for d, p in enumerate(self.patch)
         )
-        imgs, tgts = [], []
-        for x, tg in zip(internals, targets, strict=True):
+        imgs, tgts, crops = [], [], []
+        for x, tg, mask in zip(internals, targets, masks, strict=True):
             xn = torch.from_numpy(normalize(x, config.normalization))
             for n in range(x.shape[0]):
                 imgs.append(xn[n].to(self.device))
                 tgts.append(torch.from_numpy(tg[n]).to(self.device))
+                crops.append(None if mask is None else mask[n])
         self.generator = torch.Generator().manual_seed(t.seed)
         self.sampler = LabeledPatchSampler(
             imgs,
@@ -547,6 +567,7 @@ class SegmenterTrainer:
             self.patch,
             augment=t.augment,
             generator=self.generator,
+            regions=crops,
         )
         torch.manual_seed(t.seed)
         self.network = build_network(config.architecture, out_channels=config.n_outputs).to(
