@@ -305,6 +305,8 @@ class Runner:
         t = time.perf_counter()
         if encoder is not None:
             extra["transfer"] = self.args.transfer
+            if self.args.no_step_limit:
+                extra["max_label_passes"] = None
         model = train_segmenter(
             images,
             labels,
@@ -313,6 +315,7 @@ class Runner:
             **self.seg_opts(joint_denoising=joint, **extra),
         )
         result = model.segment(d["test"] if test is None else test, device="cpu")
+        self.last_steps = model.trained_steps  # fewer than asked when few labels cut it short
         return result, time.perf_counter() - t
 
     def classifier(self, feats_train, feats_test, scribbles, seed):
@@ -371,7 +374,16 @@ class Runner:
                     res, secs = self.network(
                         d, [d["train"]], [sc], kind="scribbles", **kw, seed=seed
                     )
-                    self.add(name, "scribbles", budget, method, seed, score(gt, res.labels), secs)
+                    self.add(
+                        name,
+                        "scribbles",
+                        budget,
+                        method,
+                        seed,
+                        score(gt, res.labels),
+                        secs,
+                        steps=self.last_steps,
+                    )
 
         for crop_seed in a.crop_seeds if a.crops else ():
             self.run_crops(name, d, den, crop_seed)
@@ -488,6 +500,7 @@ class Runner:
                     crop_seed,
                     score(gt, res.labels),
                     secs,
+                    steps=self.last_steps,
                     crops=corners[:n],
                     crops_with_nuclei=labeled,
                     postprocess=variants,
@@ -877,6 +890,12 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument(
+        "--no-step-limit",
+        action="store_true",
+        help="(b) trains all --seg-steps even when its labels cover a small area (the engine "
+        "shortens such runs from a denoiser since 2026-11-28, sixth session)",
+    )
+    ap.add_argument(
         "--base-channels",
         type=int,
         default=32,
@@ -1040,6 +1059,8 @@ def main(argv=None) -> int:
         print("\n3-class post-processing on the same probabilities:\n" + pp_table)
     tgt_table = targets_table(tgt)
     print("\nTargets:\n" + tgt_table)
+    from napari_aeseg.core.segmenter import PRETRAINED_LABEL_PASSES
+
     print(f"\ntotal {total / 60:.1f} min")
 
     payload = dict(
@@ -1056,6 +1077,7 @@ def main(argv=None) -> int:
                 base_channels=args.base_channels,
                 depth=2,
                 transfer=args.transfer,
+                max_label_passes_b=None if args.no_step_limit else PRETRAINED_LABEL_PASSES,
             ),
             denoiser=dict(
                 mode="n2v2",

@@ -391,3 +391,30 @@ def test_train_segmenter_on_masks_in_marked_crops(files, capsys, nuclei_2d, tmp_
         capsys, [*args, "--regions", crops, crops]
     )
     assert not (tmp_path / "other.aeseg").exists()
+
+
+def test_train_segmenter_shortens_a_pretrained_run_on_a_small_crop(
+    files, model_file, capsys, nuclei_2d, tmp_path
+):
+    _, noisy, truth = nuclei_2d
+    tifffile.imwrite(tmp_path / "crop.tif", noisy[8:40, 8:40])
+    tifffile.imwrite(tmp_path / "masks.tif", truth[8:40, 8:40])
+    args = [
+        "train-segmenter",
+        str(tmp_path / "crop.tif"),
+        "--labels",
+        str(tmp_path / "masks.tif"),
+        "--labels-kind",
+        "instances",
+        "--encoder",
+        str(model_file),
+        "--out",
+        str(tmp_path / "seg.aeseg"),
+        *"--steps 40 --patch 32 --batch 64 --device cpu".split(),
+    ]
+    # 64 patches per step, each holding the whole crop: 1200 passes take 19 steps
+    assert main(args) == 0
+    assert "19 of 40 steps: the labels cover a small area" in capsys.readouterr().err
+    assert load_model(tmp_path / "seg.aeseg").trained_steps == 19
+    assert main([*args, "--no-step-limit", "--quiet"]) == 0
+    assert load_model(tmp_path / "seg.aeseg").trained_steps == 40

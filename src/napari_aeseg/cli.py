@@ -132,7 +132,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="also train a blind-spot denoising output (DenoiSeg-style)",
     )
     s.add_argument("--axes")
-    s.add_argument("--steps", type=int, default=400)
+    s.add_argument(
+        "--steps",
+        type=int,
+        default=400,
+        help="training steps; from a denoiser, fewer when the labels cover a small area",
+    )
+    s.add_argument(
+        "--no-step-limit",
+        action="store_true",
+        help="train all --steps from a denoiser even when the labels cover a small area",
+    )
     s.add_argument("--patch", type=int, default=64)
     s.add_argument("--batch", type=int, default=8)
     s.add_argument("--lr", type=float, default=1e-3)
@@ -327,7 +337,7 @@ def _run_with_bar(gen, desc: str, quiet: bool, unit: str = "tile"):
 def _train_segmenter(args) -> int:
     from .core.denoiser import DenoiserModel
     from .core.image_io import read_image
-    from .core.segmenter import SegmenterTrainer, make_segmenter_config
+    from .core.segmenter import SegmenterTrainer, make_segmenter_config, shortened_note
 
     if len(args.labels) != len(args.images):
         raise InvalidInputError(
@@ -362,6 +372,7 @@ def _train_segmenter(args) -> int:
         joint_denoising=args.joint,
         seed=args.seed,
         **({"transfer": args.transfer} if encoder is not None else {}),
+        **({"max_label_passes": None} if args.no_step_limit else {}),
     )
     _check_output_file(args.out)
     trainer = SegmenterTrainer(
@@ -373,6 +384,9 @@ def _train_segmenter(args) -> int:
         name=Path(args.out).stem,
         regions=regions,
     )
+    if trainer.requested_steps is not None and not args.quiet:
+        note = shortened_note(trainer)
+        print(f"training{note} (--no-step-limit trains them all)", file=sys.stderr)
     model = _run_with_bar(trainer.run(), "train", args.quiet, unit="step")
     path = model.save(args.out)
     if not args.quiet:

@@ -132,6 +132,41 @@ def test_anchor_pulls_copied_weights_back_to_the_denoisers(nuclei_2d, denoiser, 
     assert held.history[-1][1] < held.history[0][1]
 
 
+def test_few_labels_end_a_pretrained_run_early(nuclei_2d, denoiser, scribbles):
+    from napari_aeseg.core.segmenter import (
+        PRETRAINED_LABEL_PASSES,
+        SegmenterTrainer,
+        make_segmenter_config,
+    )
+
+    _, noisy, truth = nuclei_2d
+    crop, masks = noisy[8:40, 8:40], truth[8:40, 8:40]
+
+    def trainer(encoder, labels_kind="instances", image=crop, labels=masks, **training):
+        config = make_segmenter_config(
+            image.shape,
+            encoder=encoder,
+            labels_kind=labels_kind,
+            **{**SEG, "steps": 400, "batch_size": 4, **training},
+        )
+        return SegmenterTrainer([image], [labels], config, encoder=encoder, device="cpu")
+
+    # one 32 x 32 crop, 32 x 32 patches: every patch holds all 1024 labeled pixels, so a step
+    # of 4 patches passes over each of them 4 times
+    short = trainer(denoiser, max_label_passes=40)
+    assert (short.total_steps, short.requested_steps) == (10, 400)
+    assert short.config.training.freeze_encoder_steps == 50 * 10 // 400
+    model = run_generator(short.run())
+    assert model.trained_steps == 10 and model.config.training.steps == 10
+    # the default: 1200 passes, 300 steps of 4 patches
+    assert trainer(denoiser).total_steps == PRETRAINED_LABEL_PASSES / 4 == 300
+    # no limit for a random start; scribbles spread over the image pass far less often
+    assert trainer(None).requested_steps is None and trainer(None).total_steps == 400
+    spread = trainer(denoiser, "scribbles", noisy, scribbles)
+    assert spread.requested_steps is None and spread.total_steps == 400
+    assert 1000 < trainer(denoiser, "scribbles", noisy, scribbles, steps=10**6).total_steps
+
+
 def test_dense_instances_random_init_and_joint(nuclei_2d):
     clean, noisy, truth = nuclei_2d
     seg = train_segmenter(

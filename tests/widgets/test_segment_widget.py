@@ -445,6 +445,29 @@ def test_masks_in_marked_crops_leave_the_rest_unlabeled(qtbot, segment_viewer, c
     assert (seg[outside] > 0).mean() > 0.6, "fine-tuned on the crops only"
 
 
+def test_a_pretrained_run_on_two_small_crops_ends_early(
+    qtbot, segment_viewer, cells, two_crops, tiny_denoiser, empty_session
+):
+    from napari_aeseg._widgets.segment import MASKS
+
+    viewer, widget = segment_viewer
+    _, truth, _ = cells
+    viewer.add_labels(np.where(two_crops, truth, 0), name="crop masks", scale=(0.5, 0.25))
+    widget.set_options(labels="crop masks", labels_kind=MASKS)
+    widget.mark_crops().add_rectangles([[[7.5, 7.5], [55.5, 55.5]], [[71.5, 63.5], [119.5, 111.5]]])
+    assert not widget.step_limit_check.isEnabled(), "only for a denoiser's start"
+    empty_session.add_model(tiny_denoiser)
+    assert widget.step_limit_check.isEnabled() and widget.step_limit_check.isChecked()
+    widget.set_options(**{**TINY_SEG, "steps": 200, "batch_size": 64})
+    widget.run_button.click()
+    wait_idle(qtbot, widget, timeout=120_000)
+    # 64 patches of 32 x 32 inside 2 crops of 48 x 48 (4608 labeled pixels): each pixel is in
+    # 14.2 patches a step, so 1200 passes take 85 steps
+    assert widget.model.trained_steps == 85 and widget.progress.text() == "85 / 85 steps"
+    assert widget.loss_plot._planned_steps == 85
+    assert widget.model.config.training.freeze_encoder_steps == 40 * 85 // 200
+
+
 def test_marked_crops_that_hold_no_object_are_reported(qtbot, segment_viewer, cells, shown):
     from napari_aeseg._widgets.segment import MASKS
 

@@ -49,7 +49,13 @@ from ..core.errors import AesegError, InvalidInputError, TrainingCancelled
 from ..core.features import PixelClassifier, classic_features, encoder_features
 from ..core.metrics import score_instances
 from ..core.postprocess import entropy, instances_from_probabilities, semantic_labels
-from ..core.segmenter import SegmenterModel, SegmenterTrainer, make_segmenter_config
+from ..core.segmenter import (
+    PRETRAINED_LABEL_PASSES,
+    SegmenterModel,
+    SegmenterTrainer,
+    make_segmenter_config,
+    shortened_note,
+)
 from ..core.tiling import Cancelled, TileProgress
 from ..core.training import TrainingProgress
 from ._common import (
@@ -181,7 +187,10 @@ class SegmentJob:
                 name=name,
                 regions=None if region is None else [region],
             )
-            yield Stage(f"Training on {describe_device(self.trainer.device)}...")
+            yield Stage(
+                f"Training on {describe_device(self.trainer.device)}"
+                f"{shortened_note(self.trainer)}..."
+            )
             if self.stop_requested.is_set():
                 self.trainer.stop()
             model = yield from self.trainer.run()
@@ -555,9 +564,9 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
             1,
             1_000_000,
             300,
-            tip="Training steps (batches). With very few labels (one small crop) and an "
-            "encoder, about 150 steps did better than 400, which overfit the crop "
-            "(docs/segmentation_benchmark.md)",
+            tip="Training steps (batches). With an encoder and labels on a small area (a crop "
+            "or two), training ends sooner: longer runs overfit them (Advanced: 'Fewer steps "
+            "for a small labeled area'; docs/segmentation_benchmark.md)",
         )
         self.steps.valueChanged.connect(lambda *_: self._idle_progress())
         self.steps_label = QLabel("Steps")
@@ -605,6 +614,13 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
             "With an encoder: start the whole network from the denoiser, not only its encoder "
             "(only the output layer starts from scratch). Off: a fresh decoder"
         )
+        self.step_limit_check = QCheckBox("Fewer steps for a small labeled area")
+        self.step_limit_check.setChecked(True)
+        self.step_limit_check.setToolTip(
+            "With an encoder: end training once each labeled pixel has been seen about "
+            f"{PRETRAINED_LABEL_PASSES:.0f} times (a crop or two), since a pretrained start "
+            "overfits a small area when it trains longer. Off: train all the steps"
+        )
         self.threshold = QDoubleSpinBox()
         self.threshold.setRange(0.05, 0.95)
         self.threshold.setSingleStep(0.05)
@@ -625,6 +641,7 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
             adv_form.addRow(label, w)
             if w is self.freeze_steps:
                 adv_form.addRow(self.decoder_check)
+                adv_form.addRow(self.step_limit_check)
         self.advanced.addWidget(adv)
         outer.addWidget(self.advanced)
 
@@ -720,6 +737,8 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
                 if value not in ("encoder", "encoder+decoder"):
                     raise ValueError(f"'{value}' is not offered for transfer")
                 self.decoder_check.setChecked(value == "encoder+decoder")
+            elif key == "step_limit":
+                self.step_limit_check.setChecked(bool(value))
             elif key == "live":
                 self.live_check.setChecked(bool(value))
             elif key == "denoiser":
@@ -817,6 +836,7 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
             self.depth,
             self.freeze_steps,
             self.decoder_check,
+            self.step_limit_check,
         ):
             w.setVisible(not instant)
             label = self._adv_form.labelForField(w)
@@ -837,6 +857,7 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         # network's width and depth then come from the denoiser
         pretrained = self.encoder_combo.currentText() != NO_ENCODER
         self.decoder_check.setEnabled(pretrained)
+        self.step_limit_check.setEnabled(pretrained)
         self.freeze_steps.setEnabled(pretrained)
         self.base_channels.setEnabled(not pretrained)
         self.depth.setEnabled(not pretrained)
@@ -1061,6 +1082,8 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
             training["transfer"] = (
                 "encoder+decoder" if self.decoder_check.isChecked() else "encoder"
             )
+            if not self.step_limit_check.isChecked():
+                training["max_label_passes"] = None
         config = make_segmenter_config(
             tuple(data.shape),
             encoder=encoder,
@@ -1166,6 +1189,7 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
             self.progress.setFormat("%v / %m steps")
             self.progress.setMaximum(max(1, item.total_steps))
             self.progress.setValue(item.step)
+            self.loss_plot.set_planned_steps(item.total_steps)
             self.loss_plot.add_point(item.step, item.train_loss)
             now = time.monotonic()
             if now - self._last_status > 0.2 or item.step == item.total_steps:
