@@ -459,12 +459,15 @@ def test_a_pretrained_run_on_two_small_crops_ends_early(
     empty_session.add_model(tiny_denoiser)
     assert widget.step_limit_check.isEnabled() and widget.step_limit_check.isChecked()
     widget.set_options(**{**TINY_SEG, "steps": 200, "batch_size": 64})
+    said, set_text = [], widget.status.setText
+    widget.status.setText = lambda text: (said.append(text), set_text(text))
     widget.run_button.click()
     wait_idle(qtbot, widget, timeout=120_000)
     # 64 patches of 32 x 32 inside 2 crops of 48 x 48 (4608 labeled pixels): each pixel is in
     # 14.2 patches a step, so 1200 passes take 85 steps
     assert widget.model.trained_steps == 85 and widget.progress.text() == "85 / 85 steps"
     assert widget.loss_plot._planned_steps == 85
+    assert any("loss" in t and "85 of 200 steps: small labeled area" in t for t in said), said
     assert widget.model.config.training.freeze_encoder_steps == 40 * 85 // 200
 
 

@@ -415,6 +415,7 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         self._job = SegmentJob()
         self._worker = None
         self._running = False
+        self._planned_steps = 0
         self._model: SegmenterModel | None = None
         self._registered_name: str | None = None
         self._features: tuple[tuple, np.ndarray] | None = None
@@ -1005,6 +1006,7 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
             return
         self._quiet = quiet
         gen, total = job_args
+        self._planned_steps = total
         self._running = True
         self.progress.setMaximum(max(1, total))
         self.progress.setValue(0)
@@ -1194,9 +1196,14 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
             now = time.monotonic()
             if now - self._last_status > 0.2 or item.step == item.total_steps:
                 self._last_status = now
+                short = ""
+                if item.total_steps < self._planned_steps:
+                    short = (
+                        f" · {item.total_steps} of {self._planned_steps} steps: small labeled area"
+                    )
                 self.status.setText(
                     f"Training: {item.steps_per_second:.1f} steps/s · ETA "
-                    f"{format_seconds(item.eta_seconds)} · loss {item.train_loss:.4g}"
+                    f"{format_seconds(item.eta_seconds)} · loss {item.train_loss:.4g}{short}"
                 )
         elif isinstance(item, TileProgress):
             self.progress.setFormat("%v / %m tiles")
