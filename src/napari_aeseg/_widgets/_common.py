@@ -17,6 +17,7 @@ from qtpy.QtWidgets import (
     QAbstractItemView,
     QComboBox,
     QFileDialog,
+    QLabel,
     QListWidget,
     QListWidgetItem,
     QWidget,
@@ -106,6 +107,31 @@ def _reporting(handler: Callable[[Any], None]) -> Callable[[Any], None]:
             report_failure(exc, "Showing the result")
 
     return guarded
+
+
+class WrappedLabel(QLabel):
+    """A word-wrapped label that keeps the height of all its lines.
+
+    A plain word-wrapped QLabel only asks for one line, so a dock taller than the window
+    squeezes it and cuts its text; this one asks for the height its text needs at its width.
+    """
+
+    def __init__(self, text: str = "") -> None:
+        super().__init__(text)
+        self.setWordWrap(True)
+
+    def _fit(self) -> None:
+        height = self.heightForWidth(self.width())
+        if height > 0 and height != self.minimumHeight():
+            self.setMinimumHeight(height)
+
+    def setText(self, text: str) -> None:  # noqa: N802 - Qt's name
+        super().setText(text)
+        self._fit()
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        super().resizeEvent(event)
+        self._fit()
 
 
 def format_seconds(seconds: float) -> str:

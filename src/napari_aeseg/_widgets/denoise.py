@@ -18,7 +18,6 @@ from qtpy.QtWidgets import (
     QComboBox,
     QFormLayout,
     QHBoxLayout,
-    QLabel,
     QLineEdit,
     QProgressBar,
     QPushButton,
@@ -35,6 +34,7 @@ from ._common import (
     Failure,
     ImageLayerCombo,
     StopsWhenUndocked,
+    WrappedLabel,
     ask_and_load_denoiser,
     guess_layer_axes,
     layer_data,
@@ -123,8 +123,7 @@ class DenoiseWidget(StopsWhenUndocked, QWidget):
         row.addWidget(self.model_combo, 1)
         row.addWidget(self.load_button)
         form.addRow("Model", model_row)
-        self.model_info = QLabel("No model yet: train one or load a file.")
-        self.model_info.setWordWrap(True)
+        self.model_info = WrappedLabel("No model yet: train one or load a file.")
         form.addRow(self.model_info)
 
         self.layer_combo = ImageLayerCombo(self.viewer, self)
@@ -165,8 +164,7 @@ class DenoiseWidget(StopsWhenUndocked, QWidget):
         self.progress.setFormat("%v / %m tiles")
         self.progress.setValue(0)
         outer.addWidget(self.progress)
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
+        self.status = WrappedLabel("")
         outer.addWidget(self.status)
         outer.addStretch(1)
 

@@ -63,6 +63,7 @@ from ._common import (
     Failure,
     ImageLayerCombo,
     StopsWhenUndocked,
+    WrappedLabel,
     _FollowsLayers,
     ask_and_load_denoiser,
     ask_save_model_path,
@@ -479,13 +480,12 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         row.addWidget(self.labels_combo, 1)
         row.addWidget(self.new_scribbles_button)
         form.addRow("Labels", labels_row)
-        self.hint = QLabel(SCRIBBLE_HINT)
+        self.hint = WrappedLabel(SCRIBBLE_HINT)
         self.hint.setToolTip(
             "0 = not annotated (ignored). A layer made with 'New scribble layer' shows "
             "background in orange and foreground in cyan. For semantic classes, paint "
             "class k as label k + 1."
         )
-        self.hint.setWordWrap(True)
         form.addRow(self.hint)
 
         self.kind_combo = _combo([SCRIBBLES, MASKS])
@@ -666,12 +666,10 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         self.loss_plot.setMinimumHeight(120)
         self.loss_plot.setToolTip("Fine-tuning loss on the annotated pixels")
         outer.addWidget(self.loss_plot)
-        self.status = QLabel("")
+        self.status = WrappedLabel("")
         self._show_hint("Choose an image, paint scribbles, press {}.")
-        self.status.setWordWrap(True)
         outer.addWidget(self.status)
-        self.metrics = QLabel("")
-        self.metrics.setWordWrap(True)
+        self.metrics = WrappedLabel("")
         outer.addWidget(self.metrics)
 
         files = QHBoxLayout()
@@ -680,8 +678,7 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         self.save_button.clicked.connect(self.save_model)
         files.addWidget(self.save_button)
         outer.addLayout(files)
-        self.model_info = QLabel("")
-        self.model_info.setWordWrap(True)
+        self.model_info = WrappedLabel("")
         outer.addWidget(self.model_info)
         outer.addStretch(1)
 

@@ -43,6 +43,7 @@ from ._common import (
     Failure,
     ImageLayerList,
     StopsWhenUndocked,
+    WrappedLabel,
     ask_and_load_denoiser,
     ask_save_model_path,
     format_seconds,
@@ -427,8 +428,7 @@ class TrainDenoiserWidget(StopsWhenUndocked, QWidget):
         self.progress.setFormat("%v / %m steps")
         self.progress.setValue(0)
         outer.addWidget(self.progress)
-        self.status = QLabel("Choose images and press Start.")
-        self.status.setWordWrap(True)
+        self.status = WrappedLabel("Choose images and press Start.")
         outer.addWidget(self.status)
         self.loss_plot = LossPlot(self)
         outer.addWidget(self.loss_plot, 1)
@@ -441,8 +441,7 @@ class TrainDenoiserWidget(StopsWhenUndocked, QWidget):
         files.addWidget(self.save_button)
         files.addWidget(self.load_button)
         outer.addLayout(files)
-        self.model_info = QLabel("")
-        self.model_info.setWordWrap(True)
+        self.model_info = WrappedLabel("")
         outer.addWidget(self.model_info)
         self._on_mode_changed()
 
