@@ -267,6 +267,7 @@ def test_gui_options_reach_the_config(viewer_with_widgets):
     _, train, _ = viewer_with_widgets()
     assert train.advanced.isExpanded() is False, "rarely changed options start collapsed"
     assert not train.noise_row.isVisibleTo(train)
+    assert train.progress.text() == f"0 / {train.steps.value()} steps", "the steps asked for"
     train.set_options(
         mode="dae",
         noise="poisson:20",

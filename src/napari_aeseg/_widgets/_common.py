@@ -12,14 +12,17 @@ from typing import Any
 import numpy as np
 from napari.layers import Image
 from napari.utils.notifications import show_error
-from qtpy.QtCore import QEvent, Qt, Signal
+from qtpy.QtCore import QEvent, QSize, Qt, Signal
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QComboBox,
     QFileDialog,
+    QFrame,
     QLabel,
     QListWidget,
     QListWidgetItem,
+    QScrollArea,
+    QVBoxLayout,
     QWidget,
 )
 
@@ -132,6 +135,44 @@ class WrappedLabel(QLabel):
     def resizeEvent(self, event) -> None:  # noqa: N802 - Qt's name
         super().resizeEvent(event)
         self._fit()
+
+
+class _VerticalScroll(QScrollArea):
+    """Scrolls up and down only: as wide as its contents need, as tall as they like."""
+
+    def _bar(self) -> int:
+        return self.verticalScrollBar().sizeHint().width()
+
+    def sizeHint(self) -> QSize:  # noqa: N802 - Qt's name
+        hint = self.widget().sizeHint()
+        return QSize(hint.width() + self._bar(), hint.height())
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 - Qt's name
+        # all of a short dock stays visible; a tall one scrolls down to 240 px
+        hint = self.widget().minimumSizeHint()
+        return QSize(hint.width() + self._bar(), min(hint.height(), 240))
+
+    def eventFilter(self, watched, event) -> bool:  # noqa: N802 - Qt's name
+        # the contents grew or shrank (a row shown, a longer layer name): ask the dock again
+        if watched is self.widget() and event.type() == QEvent.Type.LayoutRequest:
+            self.updateGeometry()
+        return super().eventFilter(watched, event)
+
+
+def scrolling_layout(widget: QWidget) -> QVBoxLayout:
+    """The layout of ``widget``'s contents, inside a scroll area that fills it: a dock taller
+    than the window scrolls instead of squeezing its rows or growing the window."""
+    scroll = _VerticalScroll()
+    scroll.setWidgetResizable(True)
+    scroll.setFrameShape(QFrame.Shape.NoFrame)
+    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    contents = QWidget()
+    scroll.setWidget(contents)
+    contents.installEventFilter(scroll)
+    frame = QVBoxLayout(widget)
+    frame.setContentsMargins(0, 0, 0, 0)
+    frame.addWidget(scroll)
+    return QVBoxLayout(contents)
 
 
 def format_seconds(seconds: float) -> str:

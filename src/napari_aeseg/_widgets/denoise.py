@@ -21,7 +21,6 @@ from qtpy.QtWidgets import (
     QLineEdit,
     QProgressBar,
     QPushButton,
-    QVBoxLayout,
     QWidget,
 )
 
@@ -39,6 +38,7 @@ from ._common import (
     guess_layer_axes,
     layer_data,
     report_failure,
+    scrolling_layout,
     short_description,
     spatial_metadata,
     start_job,
@@ -106,7 +106,7 @@ class DenoiseWidget(StopsWhenUndocked, QWidget):
         self._update_buttons()
 
     def _build(self) -> None:
-        outer = QVBoxLayout(self)
+        outer = scrolling_layout(self)
         form = QFormLayout()
         form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
         outer.addLayout(form)

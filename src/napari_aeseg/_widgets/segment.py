@@ -36,7 +36,6 @@ from qtpy.QtWidgets import (
     QProgressBar,
     QPushButton,
     QSpinBox,
-    QVBoxLayout,
     QWidget,
 )
 from scipy import ndimage as ndi
@@ -71,6 +70,7 @@ from ._common import (
     guess_layer_axes,
     layer_data,
     report_failure,
+    scrolling_layout,
     start_job,
 )
 from .loss_plot import LossPlot
@@ -447,7 +447,7 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
 
     # ------------------------------------------------------------------ layout
     def _build(self) -> None:
-        outer = QVBoxLayout(self)
+        outer = scrolling_layout(self)
         # the inputs sit in one box, locked while a network trains (they would not apply)
         self.form_box = QWidget()
         form = QFormLayout(self.form_box)

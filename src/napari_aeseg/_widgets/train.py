@@ -27,7 +27,6 @@ from qtpy.QtWidgets import (
     QProgressBar,
     QPushButton,
     QSpinBox,
-    QVBoxLayout,
     QWidget,
 )
 from superqt import QCollapsible
@@ -50,6 +49,7 @@ from ._common import (
     guess_layer_axes,
     layer_data,
     report_failure,
+    scrolling_layout,
     shifted_metadata,
     spatial_metadata,
     start_job,
@@ -291,7 +291,7 @@ class TrainDenoiserWidget(StopsWhenUndocked, QWidget):
 
     # ------------------------------------------------------------------ layout
     def _build(self) -> None:
-        outer = QVBoxLayout(self)
+        outer = scrolling_layout(self)
         form = QFormLayout()
         form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
         outer.addLayout(form)
@@ -426,7 +426,16 @@ class TrainDenoiserWidget(StopsWhenUndocked, QWidget):
 
         self.progress = QProgressBar()
         self.progress.setFormat("%v / %m steps")
+        self.progress.setMaximum(self.steps.value())
         self.progress.setValue(0)
+        # before the first run the bar shows the steps the form asks for
+        self.steps.valueChanged.connect(
+            lambda value: (
+                None
+                if self._running or self.progress.value()
+                else self.progress.setMaximum(max(1, value))
+            )
+        )
         outer.addWidget(self.progress)
         self.status = WrappedLabel("Choose images and press Start.")
         outer.addWidget(self.status)
