@@ -812,6 +812,8 @@ def train_segmenter(
     or ``None``) marks where the labels are complete, for a few fully labeled crops inside
     otherwise unlabeled images: outside, pixels are not annotated. ``options`` go to
     :func:`make_segmenter_config` (``labels_kind``, ``target``, ``steps``, ``joint_denoising``...).
+    With an encoder, training ends before ``steps`` when the labels cover a small area (each
+    labeled pixel in ``max_label_passes`` patches, 1200 by default; ``None`` trains them all).
     """
     if isinstance(images, np.ndarray):
         images = [images]
