@@ -508,3 +508,22 @@ def test_region_mask_of_planes_and_2d_shapes_over_a_stack():
     flat.add_lines([[0, 0], [5, 5]])
     with pytest.raises(InvalidInputError, match="holds a line"):
         region_mask(flat, (4, 8, 8), space)
+
+
+def test_a_short_dock_scrolls_and_keeps_whole_lines(qtbot, segment_viewer):
+    """Squeezed below its contents, the widget scrolls; the wrapped hint keeps both lines."""
+    from qtpy.QtWidgets import QScrollArea
+
+    from napari_aeseg._widgets.segment import MASKS
+
+    viewer, widget = segment_viewer
+    viewer.add_labels(np.zeros((128, 128), np.uint16), name="masks")
+    widget.set_options(labels="masks", labels_kind=MASKS)  # a two-line hint
+    widget.advanced.expand(animate=False)
+    scroll = widget.findChild(QScrollArea)
+    viewer.window._qt_window.resize(900, 500)
+    qtbot.waitUntil(lambda: scroll.verticalScrollBar().maximum() > 0, timeout=5_000)
+    hint = widget.hint
+    assert hint.height() >= hint.heightForWidth(hint.width()) > 0
+    assert scroll.horizontalScrollBar().maximum() == 0, "no sideways scrolling"
+    assert scroll.viewport().width() >= widget.form_box.minimumSizeHint().width()
