@@ -306,7 +306,7 @@ class Runner:
         if encoder is not None:
             extra["transfer"] = self.args.transfer
             if self.args.no_step_limit:
-                extra["max_label_passes"] = None
+                extra["max_labeled_patches"] = None
         model = train_segmenter(
             images,
             labels,
@@ -1059,7 +1059,7 @@ def main(argv=None) -> int:
         print("\n3-class post-processing on the same probabilities:\n" + pp_table)
     tgt_table = targets_table(tgt)
     print("\nTargets:\n" + tgt_table)
-    from napari_aeseg.core.segmenter import PRETRAINED_LABEL_PASSES
+    from napari_aeseg.core.segmenter import PRETRAINED_LABELED_PATCHES, SegTrainingConfig
 
     print(f"\ntotal {total / 60:.1f} min")
 
@@ -1077,7 +1077,8 @@ def main(argv=None) -> int:
                 base_channels=args.base_channels,
                 depth=2,
                 transfer=args.transfer,
-                max_label_passes_b=None if args.no_step_limit else PRETRAINED_LABEL_PASSES,
+                max_labeled_patches_b=None if args.no_step_limit else PRETRAINED_LABELED_PATCHES,
+                min_label_passes_b=SegTrainingConfig().min_label_passes,
             ),
             denoiser=dict(
                 mode="n2v2",

@@ -412,7 +412,7 @@ def test_train_segmenter_shortens_a_pretrained_run_on_a_small_crop(
         str(tmp_path / "seg.aeseg"),
         *"--steps 40 --patch 32 --batch 64 --device cpu".split(),
     ]
-    # 64 patches per step, each holding the whole crop: 1200 passes take 19 steps
+    # 64 patches per step, each holding the whole crop: 1200 labeled patches take 19 steps
     assert main(args) == 0
     assert "19 of 40 steps: the labels cover a small area" in capsys.readouterr().err
     assert load_model(tmp_path / "seg.aeseg").trained_steps == 19

@@ -372,7 +372,7 @@ def _train_segmenter(args) -> int:
         joint_denoising=args.joint,
         seed=args.seed,
         **({"transfer": args.transfer} if encoder is not None else {}),
-        **({"max_label_passes": None} if args.no_step_limit else {}),
+        **({"max_labeled_patches": None} if args.no_step_limit else {}),
     )
     _check_output_file(args.out)
     trainer = SegmenterTrainer(

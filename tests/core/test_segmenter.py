@@ -134,7 +134,7 @@ def test_anchor_pulls_copied_weights_back_to_the_denoisers(nuclei_2d, denoiser, 
 
 def test_few_labels_end_a_pretrained_run_early(nuclei_2d, denoiser, scribbles):
     from napari_aeseg.core.segmenter import (
-        PRETRAINED_LABEL_PASSES,
+        PRETRAINED_LABELED_PATCHES,
         SegmenterTrainer,
         make_segmenter_config,
     )
@@ -142,25 +142,34 @@ def test_few_labels_end_a_pretrained_run_early(nuclei_2d, denoiser, scribbles):
     _, noisy, truth = nuclei_2d
     crop, masks = noisy[8:40, 8:40], truth[8:40, 8:40]
 
-    def trainer(encoder, labels_kind="instances", image=crop, labels=masks, **training):
+    def trainer(encoder, labels_kind="instances", image=crop, labels=masks, n=1, **training):
         config = make_segmenter_config(
             image.shape,
             encoder=encoder,
             labels_kind=labels_kind,
             **{**SEG, "steps": 400, "batch_size": 4, **training},
         )
-        return SegmenterTrainer([image], [labels], config, encoder=encoder, device="cpu")
+        return SegmenterTrainer([image] * n, [labels] * n, config, encoder=encoder, device="cpu")
 
-    # one 32 x 32 crop, 32 x 32 patches: every patch holds all 1024 labeled pixels, so a step
-    # of 4 patches passes over each of them 4 times
-    short = trainer(denoiser, max_label_passes=40)
+    # one 32 x 32 crop, 32 x 32 patches: every patch is fully labeled, so a step of 4 patches
+    # counts 4 labeled patches, and passes over each labeled pixel 4 times
+    short = trainer(denoiser, max_labeled_patches=40, min_label_passes=20)
     assert (short.total_steps, short.requested_steps) == (10, 400)
     assert short.config.training.freeze_encoder_steps == 50 * 10 // 400
     model = run_generator(short.run())
     assert model.trained_steps == 10 and model.config.training.steps == 10
-    # the default: 1200 passes, 300 steps of 4 patches
-    assert trainer(denoiser).total_steps == PRETRAINED_LABEL_PASSES / 4 == 300
-    # no limit for a random start; scribbles spread over the image pass far less often
+    # the default: 1200 labeled patches, 300 steps of 4
+    assert trainer(denoiser).total_steps == PRETRAINED_LABELED_PATCHES / 4 == 300
+    # ... but never fewer than 120 passes over each labeled pixel (30 steps for this crop,
+    # 120 for four crops)
+    assert trainer(denoiser, max_labeled_patches=40).total_steps == 30
+    assert trainer(denoiser, n=4, max_labeled_patches=40).total_steps == 120
+    assert trainer(denoiser, max_labeled_patches=40, min_label_passes=200).total_steps == 50
+    # the rule of the model files before: passes only
+    older = trainer(denoiser, n=4, max_labeled_patches=None, max_label_passes=40)
+    assert older.total_steps == 40
+    assert trainer(denoiser, max_labeled_patches=None).requested_steps is None
+    # no limit for a random start; scribbles spread over the image label few pixels a patch
     assert trainer(None).requested_steps is None and trainer(None).total_steps == 400
     spread = trainer(denoiser, "scribbles", noisy, scribbles)
     assert spread.requested_steps is None and spread.total_steps == 400

@@ -463,12 +463,12 @@ def test_a_pretrained_run_on_two_small_crops_ends_early(
     widget.status.setText = lambda text: (said.append(text), set_text(text))
     widget.run_button.click()
     wait_idle(qtbot, widget, timeout=120_000)
-    # 64 patches of 32 x 32 inside 2 crops of 48 x 48 (4608 labeled pixels): each pixel is in
-    # 14.2 patches a step, so 1200 passes take 85 steps
-    assert widget.model.trained_steps == 85 and widget.progress.text() == "85 / 85 steps"
-    assert widget.loss_plot._planned_steps == 85
-    assert any("loss" in t and "85 of 200 steps: small labeled area" in t for t in said), said
-    assert widget.model.config.training.freeze_encoder_steps == 40 * 85 // 200
+    # 64 fully labeled patches of 32 x 32 a step inside 2 crops of 48 x 48: 1200 labeled
+    # patches take 19 steps (each pixel is then in 270 patches, more than the 120 asked for)
+    assert widget.model.trained_steps == 19 and widget.progress.text() == "19 / 19 steps"
+    assert widget.loss_plot._planned_steps == 19
+    assert any("loss" in t and "19 of 200 steps: small labeled area" in t for t in said), said
+    assert widget.model.config.training.freeze_encoder_steps == 40 * 19 // 200
 
 
 def test_marked_crops_that_hold_no_object_are_reported(qtbot, segment_viewer, cells, shown):

@@ -49,7 +49,7 @@ from ..core.features import PixelClassifier, classic_features, encoder_features
 from ..core.metrics import score_instances
 from ..core.postprocess import entropy, instances_from_probabilities, semantic_labels
 from ..core.segmenter import (
-    PRETRAINED_LABEL_PASSES,
+    PRETRAINED_LABELED_PATCHES,
     SegmenterModel,
     SegmenterTrainer,
     make_segmenter_config,
@@ -565,9 +565,9 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
             1,
             1_000_000,
             300,
-            tip="Training steps (batches). With an encoder and labels on a small area (a crop "
-            "or two), training ends sooner: longer runs overfit them (Advanced: 'Fewer steps "
-            "for a small labeled area'; docs/segmentation_benchmark.md)",
+            tip="Training steps (batches). With an encoder and labels on a small area (a few "
+            "marked crops), training ends sooner: longer runs overfit them (Advanced: 'Fewer "
+            "steps for a small labeled area'; docs/segmentation_benchmark.md)",
         )
         self.steps.valueChanged.connect(lambda *_: self._idle_progress())
         self.steps_label = QLabel("Steps")
@@ -618,9 +618,10 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         self.step_limit_check = QCheckBox("Fewer steps for a small labeled area")
         self.step_limit_check.setChecked(True)
         self.step_limit_check.setToolTip(
-            "With an encoder: end training once each labeled pixel has been seen about "
-            f"{PRETRAINED_LABEL_PASSES:.0f} times (a crop or two), since a pretrained start "
-            "overfits a small area when it trains longer. Off: train all the steps"
+            "With an encoder: end training once the patches have held about "
+            f"{PRETRAINED_LABELED_PATCHES:.0f} fully labeled patches' worth of labels (150 "
+            "steps of 8 on a few marked crops), since a pretrained start overfits a small "
+            "labeled area when it trains longer. Off: train all the steps"
         )
         self.threshold = QDoubleSpinBox()
         self.threshold.setRange(0.05, 0.95)
@@ -1082,7 +1083,7 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
                 "encoder+decoder" if self.decoder_check.isChecked() else "encoder"
             )
             if not self.step_limit_check.isChecked():
-                training["max_label_passes"] = None
+                training["max_labeled_patches"] = None
         config = make_segmenter_config(
             tuple(data.shape),
             encoder=encoder,

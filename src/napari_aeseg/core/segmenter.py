@@ -60,8 +60,9 @@ LabelsKind = Literal["scribbles", "instances"]
 Target = Literal["instances", "semantic"]
 
 
-#: ``max_label_passes`` of a segmenter started from a denoiser (``make_segmenter_config``)
-PRETRAINED_LABEL_PASSES = 1200.0
+#: ``max_labeled_patches`` of a segmenter started from a denoiser (``make_segmenter_config``):
+#: the labels of 150 steps of 8 fully labeled patches
+PRETRAINED_LABELED_PATCHES = 1200.0
 
 
 class SegTrainingConfig(_Strict):
@@ -82,10 +83,18 @@ class SegTrainingConfig(_Strict):
     #: step (a decoupled L2-SP penalty: ``w -= lr * anchor * (w - w0)``); 0 turns it off.
     #: With very few labels it keeps fine-tuning from overfitting them
     anchor: float = Field(0.0, ge=0, le=1000)
-    #: with a denoiser's start, training ends once each labeled pixel has been in this many
-    #: patches on average, if that comes before ``steps`` (and the frozen steps shrink in
-    #: proportion). A pretrained start learns a small labeled area fast and then overfits it:
-    #: one 64 x 64 crop did best at 600-1200 passes and lost 0.07 AP at 3200. None: no limit
+    #: with a denoiser's start, training ends once its patches have held this many patches'
+    #: worth of labeled pixels (a fully labeled patch counts 1, a half-labeled one 0.5), if
+    #: that comes before ``steps``; the frozen steps shrink in proportion. A pretrained start
+    #: learns a few marked crops fast and then overfits them: on real nuclei, one to five
+    #: 64 x 64 crops did best at about 150 steps of 8 and lost up to 0.07 AP at 400. Spread
+    #: strokes label a few pixels per patch and are not limited in practice. None: no limit
+    max_labeled_patches: float | None = Field(None, gt=0)
+    #: ... but not before each labeled pixel has been in this many patches on average (many
+    #: labels get a longer run)
+    min_label_passes: float = Field(120.0, gt=0)
+    #: the rule before ``max_labeled_patches`` (model files of 2026-11-28 record it): training
+    #: ends once each labeled pixel has been in this many patches on average. None: no limit
     max_label_passes: float | None = Field(None, gt=0)
     joint_denoising: bool = False
     denoise_weight: float = Field(0.5, ge=0, le=100)
@@ -489,7 +498,7 @@ def make_segmenter_config(
         if "freeze_encoder_steps" not in training:
             training["freeze_encoder_steps"] = min(50, training.get("steps", 400) // 5)
         training.setdefault("transfer", "encoder+decoder")
-        training.setdefault("max_label_passes", PRETRAINED_LABEL_PASSES)
+        training.setdefault("max_labeled_patches", PRETRAINED_LABELED_PATCHES)
     else:
         training.setdefault("freeze_encoder_steps", 0)
     train_cfg = build(SegTrainingConfig, **training)
@@ -589,15 +598,13 @@ class SegmenterTrainer:
             generator=self.generator,
             regions=crops,
         )
-        #: the steps asked for, when few labels made the run shorter (``max_label_passes``)
+        #: the steps asked for, when few labels made the run shorter (``max_labeled_patches``)
         self.requested_steps: int | None = None
-        if encoder is not None and t.max_label_passes:
-            per_step = t.batch_size * self.sampler.labeled_per_patch() / float(counts.sum())
-            enough = max(1, math.ceil(t.max_label_passes / per_step))
-            if enough < t.steps:
-                self.requested_steps = t.steps
-                t.freeze_encoder_steps = t.freeze_encoder_steps * enough // t.steps
-                t.steps = enough
+        enough = self._steps_for_few_labels(float(counts.sum())) if encoder is not None else None
+        if enough is not None and enough < t.steps:
+            self.requested_steps = t.steps
+            t.freeze_encoder_steps = t.freeze_encoder_steps * enough // t.steps
+            t.steps = enough
         torch.manual_seed(t.seed)
         self.network = build_network(config.architecture, out_channels=config.n_outputs).to(
             self.device
@@ -635,6 +642,27 @@ class SegmenterTrainer:
         self.step = 0
         self.name = name
         self._stop = False
+
+    def _steps_for_few_labels(self, labeled: float) -> int | None:
+        """The steps after which a pretrained run has seen enough of ``labeled`` pixels
+        (``max_labeled_patches``, ``max_label_passes``), or None without a limit."""
+        t = self.config.training
+        if not (t.max_labeled_patches or t.max_label_passes):
+            return None
+        per_patch = self.sampler.labeled_per_patch()
+        passes_per_step = t.batch_size * per_patch / labeled
+        limits = []
+        if t.max_labeled_patches:
+            fraction = per_patch / math.prod(self.patch)
+            limits.append(
+                max(
+                    t.max_labeled_patches / (t.batch_size * fraction),
+                    t.min_label_passes / passes_per_step,
+                )
+            )
+        if t.max_label_passes:
+            limits.append(t.max_label_passes / passes_per_step)
+        return max(1, math.ceil(min(limits) - 1e-9))
 
     @property
     def total_steps(self) -> int:
@@ -812,8 +840,10 @@ def train_segmenter(
     or ``None``) marks where the labels are complete, for a few fully labeled crops inside
     otherwise unlabeled images: outside, pixels are not annotated. ``options`` go to
     :func:`make_segmenter_config` (``labels_kind``, ``target``, ``steps``, ``joint_denoising``...).
-    With an encoder, training ends before ``steps`` when the labels cover a small area (each
-    labeled pixel in ``max_label_passes`` patches, 1200 by default; ``None`` trains them all).
+    With an encoder, training ends before ``steps`` when the labels cover a small area: after
+    ``max_labeled_patches`` patches' worth of labeled pixels (1200, that is 150 steps of 8
+    fully labeled patches) but not before each labeled pixel was in ``min_label_passes``
+    patches (120); ``max_labeled_patches=None`` trains them all.
     """
     if isinstance(images, np.ndarray):
         images = [images]
