@@ -206,7 +206,7 @@ def test_fine_tune_with_session_encoder_and_ground_truth(
     assert widget.loss_plot.isVisibleTo(widget)
 
     path = tmp_path / "seg.aeseg"
-    monkeypatch.setattr("napari_aeseg._widgets.segment.ask_save_model_path", lambda *a: path)
+    monkeypatch.setattr("napari_aeseg._widgets._common.ask_save_model_path", lambda *a: path)
     widget.save_button.click()
     assert path.is_file() and SegmenterModel.load(path).trained_steps == 60
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 from napari.layers import Image
-from napari.utils.notifications import show_error
+from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QEvent, QSize, Qt, Signal
 from qtpy.QtWidgets import (
     QAbstractItemView,
@@ -22,6 +22,7 @@ from qtpy.QtWidgets import (
     QListWidget,
     QListWidgetItem,
     QScrollArea,
+    QSpinBox,
     QVBoxLayout,
     QWidget,
 )
@@ -185,7 +186,8 @@ def format_seconds(seconds: float) -> str:
 
 
 class StopsWhenUndocked:
-    """Mixin for dock widgets: ``_on_undocked`` runs when napari removes the widget.
+    """Mixin for dock widgets: ``_on_undocked`` runs when napari removes the widget, and
+    when the widget is closed.
 
     napari's dock close button takes the widget out of its dock (the parent becomes None)
     without deleting it, so a running job has to be stopped here, not only on destruction.
@@ -199,6 +201,10 @@ class StopsWhenUndocked:
                 self._on_undocked()
             self._docked = self.parent() is not None
         return super().event(ev)
+
+    def closeEvent(self, event) -> None:  # noqa: N802 (Qt name)
+        self._on_undocked()
+        super().closeEvent(event)
 
     def _on_undocked(self) -> None:
         raise NotImplementedError
@@ -400,6 +406,23 @@ class ImageLayerList(_FollowsLayers, QListWidget):
 
 
 # --------------------------------------------------------------------------- devices
+def spin_box(lo: int, hi: int, value: int, *, step: int = 1, tip: str = "") -> QSpinBox:
+    """An integer box from ``lo`` to ``hi`` set to ``value``."""
+    box = QSpinBox()
+    box.setRange(lo, hi)
+    box.setSingleStep(step)
+    box.setValue(value)
+    if tip:
+        box.setToolTip(tip)
+    return box
+
+
+def combo_box(items: list[str]) -> QComboBox:
+    box = QComboBox()
+    box.addItems(items)
+    return box
+
+
 class DeviceCombo(QComboBox):
     """``auto`` (saying what it resolves to here) and the devices that exist."""
 
@@ -430,6 +453,22 @@ def ask_save_model_path(parent: QWidget, suggested: str) -> Path | None:
         return None
     path = Path(path)
     return path if path.suffix else path.with_suffix(MODEL_SUFFIX)
+
+
+def ask_and_save_model(parent: QWidget, model, missing: str) -> None:
+    """Ask where to save ``model`` and save it; ``missing`` is shown when there is none."""
+    if model is None:
+        show_error(missing)
+        return
+    path = ask_save_model_path(parent, f"{model.name}{MODEL_SUFFIX}")
+    if path is None:
+        return
+    try:
+        model.save(path)
+    except AesegError as exc:
+        report_failure(exc, "Saving the model")
+        return
+    show_info(f"Saved model '{model.name}' to {path}")
 
 
 def ask_open_model_path(parent: QWidget) -> Path | None:

@@ -312,10 +312,6 @@ class DenoiseWidget(StopsWhenUndocked, QWidget):
     def _on_undocked(self) -> None:
         self._cancel.set()
 
-    def closeEvent(self, event) -> None:  # noqa: N802 (Qt name)
-        self._cancel.set()
-        super().closeEvent(event)
-
 
 def _editable_combo(items: list[str]) -> QComboBox:
     box = QComboBox()

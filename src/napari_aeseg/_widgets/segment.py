@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from napari.layers import Image, Labels, Shapes
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -35,7 +35,6 @@ from qtpy.QtWidgets import (
     QLineEdit,
     QProgressBar,
     QPushButton,
-    QSpinBox,
     QWidget,
 )
 from scipy import ndimage as ndi
@@ -65,12 +64,14 @@ from ._common import (
     WrappedLabel,
     _FollowsLayers,
     ask_and_load_denoiser,
-    ask_save_model_path,
+    ask_and_save_model,
+    combo_box,
     format_seconds,
     guess_layer_axes,
     layer_data,
     report_failure,
     scrolling_layout,
+    spin_box,
     start_job,
 )
 from .loss_plot import LossPlot
@@ -488,7 +489,7 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         )
         form.addRow(self.hint)
 
-        self.kind_combo = _combo([SCRIBBLES, MASKS])
+        self.kind_combo = combo_box([SCRIBBLES, MASKS])
         self.kind_combo.setToolTip(
             "Scribbles: a few painted pixels per class. Instance masks: every object painted "
             "with its own id, the rest 0 (= background)."
@@ -513,14 +514,14 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         row.addWidget(self.mark_crops_button)
         self.regions_label = QLabel("Labeled crops")
         form.addRow(self.regions_label, self.regions_row)
-        self.target_combo = _combo(["instances", "semantic"])
+        self.target_combo = combo_box(["instances", "semantic"])
         self.target_combo.setToolTip(
             "Instances: separate objects (touching ones split by a watershed). "
             "Semantic: one label per class."
         )
         form.addRow("Target", self.target_combo)
 
-        self.mode_combo = _combo([INSTANT, FINE_TUNE])
+        self.mode_combo = combo_box([INSTANT, FINE_TUNE])
         self.mode_combo.setToolTip(
             "Instant: a random forest on encoder features, refitted in about a second. "
             "Fine-tune: trains a segmentation network (better, slower; can be saved)."
@@ -561,7 +562,7 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         row.addWidget(self.denoiser_combo, 1)
         form.addRow(den_row)
 
-        self.steps = _spin(
+        self.steps = spin_box(
             1,
             1_000_000,
             300,
@@ -597,15 +598,17 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         adv = QWidget()
         adv_form = self._adv_form = QFormLayout(adv)
         adv_form.setContentsMargins(0, 0, 0, 0)
-        self.batch_size = _spin(1, 1024, 8, tip="Patches per training step")
-        self.patch_size = _spin(
+        self.batch_size = spin_box(1, 1024, 8, tip="Patches per training step")
+        self.patch_size = spin_box(
             8, 1024, 64, step=8, tip="Patch side in pixels (multiple of 2**depth)"
         )
-        self.base_channels = _spin(
+        self.base_channels = spin_box(
             4, 256, 32, step=4, tip="Feature maps at full resolution (random init only)"
         )
-        self.depth = _spin(1, 5, 2, tip="Levels of a random-init network (an encoder sets its own)")
-        self.freeze_steps = _spin(
+        self.depth = spin_box(
+            1, 5, 2, tip="Levels of a random-init network (an encoder sets its own)"
+        )
+        self.freeze_steps = spin_box(
             -1, 100_000, -1, tip="Steps with the pretrained encoder frozen; -1 = automatic"
         )
         self.freeze_steps.setSpecialValueText("auto")
@@ -628,8 +631,8 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         self.threshold.setSingleStep(0.05)
         self.threshold.setValue(0.5)
         self.threshold.setToolTip("Object probability above which a pixel belongs to an object")
-        self.min_size = _spin(0, 1_000_000, 15, tip="Smaller objects (pixels) are dropped")
-        self.seed = _spin(0, 2**31 - 1, 0, tip="Random seed")
+        self.min_size = spin_box(0, 1_000_000, 15, tip="Smaller objects (pixels) are dropped")
+        self.seed = spin_box(0, 2**31 - 1, 0, tip="Random seed")
         for label, w in (
             ("Batch size", self.batch_size),
             ("Patch size", self.patch_size),
@@ -975,18 +978,9 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         self.encoder_combo.setCurrentText(name)
 
     def save_model(self) -> None:
-        if self._model is None:
-            show_error("There is no segmenter to save yet: fine-tune one first.")
-            return
-        path = ask_save_model_path(self, f"{self._model.name}.aeseg")
-        if path is None:
-            return
-        try:
-            self._model.save(path)
-        except AesegError as exc:
-            report_failure(exc, "Saving the model")
-            return
-        show_info(f"Saved model '{self._model.name}' to {path}")
+        ask_and_save_model(
+            self, self._model, "There is no segmenter to save yet: fine-tune one first."
+        )
 
     def stop(self) -> None:
         self._job.stop()
@@ -1355,10 +1349,6 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         self._live.unfollow()
         self._job.shutdown()
 
-    def closeEvent(self, event) -> None:  # noqa: N802 (Qt name)
-        self._shutdown()
-        super().closeEvent(event)
-
 
 class _LiveLink:
     """The connection of Live update to one labels layer's paint strokes and data changes.
@@ -1472,19 +1462,3 @@ def _world_axis(viewer, layer, data_axis: int) -> int:
 
 def _is_output_name(name: str) -> bool:
     return name.endswith((" segmentation",))
-
-
-def _spin(lo: int, hi: int, value: int, *, step: int = 1, tip: str = "") -> QSpinBox:
-    box = QSpinBox()
-    box.setRange(lo, hi)
-    box.setSingleStep(step)
-    box.setValue(value)
-    if tip:
-        box.setToolTip(tip)
-    return box
-
-
-def _combo(items: list[str]) -> QComboBox:
-    box = QComboBox()
-    box.addItems(items)
-    return box

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 from napari.layers import Image
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -26,7 +26,6 @@ from qtpy.QtWidgets import (
     QLineEdit,
     QProgressBar,
     QPushButton,
-    QSpinBox,
     QWidget,
 )
 from superqt import QCollapsible
@@ -44,7 +43,8 @@ from ._common import (
     StopsWhenUndocked,
     WrappedLabel,
     ask_and_load_denoiser,
-    ask_save_model_path,
+    ask_and_save_model,
+    combo_box,
     format_seconds,
     guess_layer_axes,
     layer_data,
@@ -52,6 +52,7 @@ from ._common import (
     scrolling_layout,
     shifted_metadata,
     spatial_metadata,
+    spin_box,
     start_job,
 )
 from .loss_plot import LossPlot
@@ -334,8 +335,8 @@ class TrainDenoiserWidget(StopsWhenUndocked, QWidget):
         form.addRow(self.noise_label, noise_row)
         self._on_noise_kind(self.noise_kind.currentText())
 
-        self.patch_size = _spin(8, 4096, 64, step=8, tip="In-plane patch size (pixels)")
-        self.patch_size_z = _spin(4, 1024, 16, step=4, tip="Patch depth along Z (3D only)")
+        self.patch_size = spin_box(8, 4096, 64, step=8, tip="In-plane patch size (pixels)")
+        self.patch_size_z = spin_box(4, 1024, 16, step=4, tip="Patch depth along Z (3D only)")
         patch_row = QWidget()
         row = QHBoxLayout(patch_row)
         row.setContentsMargins(0, 0, 0, 0)
@@ -344,9 +345,9 @@ class TrainDenoiserWidget(StopsWhenUndocked, QWidget):
         row.addWidget(self.patch_z_label)
         row.addWidget(self.patch_size_z, 1)
         form.addRow("Patch size", patch_row)
-        self.batch_size = _spin(1, 4096, 16, tip="Patches per training step")
+        self.batch_size = spin_box(1, 4096, 16, tip="Patches per training step")
         form.addRow("Batch size", self.batch_size)
-        self.steps = _spin(1, 10_000_000, 2000, step=100, tip="Optimisation steps")
+        self.steps = spin_box(1, 10_000_000, 2000, step=100, tip="Optimisation steps")
         form.addRow("Steps", self.steps)
         self.learning_rate = QDoubleSpinBox()
         self.learning_rate.setDecimals(5)
@@ -359,7 +360,7 @@ class TrainDenoiserWidget(StopsWhenUndocked, QWidget):
 
         self.preview_check = QCheckBox("every")
         self.preview_check.setChecked(True)
-        self.preview_every = _spin(0, 10_000_000, 0, step=10)
+        self.preview_every = spin_box(0, 10_000_000, 0, step=10)
         self.preview_every.setSpecialValueText("auto")
         self.preview_every.setSuffix(" steps")
         self.preview_every.setToolTip(
@@ -382,19 +383,21 @@ class TrainDenoiserWidget(StopsWhenUndocked, QWidget):
         adv = QWidget()
         adv_form = QFormLayout(adv)
         adv_form.setContentsMargins(0, 0, 0, 0)
-        self.depth = _spin(
+        self.depth = spin_box(
             1, 5, 2, tip="Levels of the encoder (the patch size must divide 2**depth)"
         )
-        self.base_channels = _spin(4, 256, 32, step=4, tip="Feature maps at full resolution")
-        self.optimizer = _combo(["adam", "adamw", "sgd", "rmsprop"])
-        self.loss = _combo(["mse", "l1"])
-        self.scheduler = _combo(["cosine", "plateau", "constant"])
+        self.base_channels = spin_box(4, 256, 32, step=4, tip="Feature maps at full resolution")
+        self.optimizer = combo_box(["adam", "adamw", "sgd", "rmsprop"])
+        self.loss = combo_box(["mse", "l1"])
+        self.scheduler = combo_box(["cosine", "plateau", "constant"])
         self.val_fraction = QDoubleSpinBox()
         self.val_fraction.setRange(0.0, 0.5)
         self.val_fraction.setSingleStep(0.05)
         self.val_fraction.setValue(0.1)
         self.val_fraction.setToolTip("Part of the data held out to pick the best weights")
-        self.seed = _spin(0, 2**31 - 1, 0, tip="Random seed (same seed, same result on one device)")
+        self.seed = spin_box(
+            0, 2**31 - 1, 0, tip="Random seed (same seed, same result on one device)"
+        )
         for label, w in (
             ("Depth", self.depth),
             ("Base channels", self.base_channels),
@@ -778,18 +781,9 @@ class TrainDenoiserWidget(StopsWhenUndocked, QWidget):
 
     # ------------------------------------------------------------------ files
     def save_model(self) -> None:
-        if self._model is None:
-            show_error("There is no model to save yet: train or load one first.")
-            return
-        path = ask_save_model_path(self, f"{self._model.name}.aeseg")
-        if path is None:
-            return
-        try:
-            self._model.save(path)
-        except AesegError as exc:
-            report_failure(exc, "Saving the model")
-            return
-        show_info(f"Saved model '{self._model.name}' to {path}")
+        ask_and_save_model(
+            self, self._model, "There is no model to save yet: train or load one first."
+        )
 
     def load_model(self) -> None:
         model = ask_and_load_denoiser(self)
@@ -810,23 +804,3 @@ class TrainDenoiserWidget(StopsWhenUndocked, QWidget):
 
     def _on_undocked(self) -> None:
         self._holder.shutdown()
-
-    def closeEvent(self, event) -> None:  # noqa: N802 (Qt name)
-        self._holder.shutdown()
-        super().closeEvent(event)
-
-
-def _spin(lo: int, hi: int, value: int, *, step: int = 1, tip: str = "") -> QSpinBox:
-    box = QSpinBox()
-    box.setRange(lo, hi)
-    box.setSingleStep(step)
-    box.setValue(value)
-    if tip:
-        box.setToolTip(tip)
-    return box
-
-
-def _combo(items: list[str]) -> QComboBox:
-    box = QComboBox()
-    box.addItems(items)
-    return box
