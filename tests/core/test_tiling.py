@@ -40,17 +40,22 @@ def test_tiled_matches_untiled_without_seams(shape):
         net, np.pad(img, [(0, 0)] + [(0, p - s) for p, s in zip(padded, shape)], mode="reflect")
     )
     ref = ref[(slice(None), *[slice(0, s) for s in shape])]
-    out = run_generator(
-        iter_predict_tiled(
-            net, img, out_channels=1, divisor=4, device=torch.device("cpu"), tile=96, overlap=48
-        )
-    )
+    out = _predict(net, img, tile=96, overlap=48)
     assert out.shape == (1, *shape) and out.dtype == np.float32
     inner = (slice(None), slice(8, -8), slice(8, -8))  # away from the image's own border
     err = np.abs(out - ref)[inner]
     # a random (untrained) network is more sensitive to missing context than a trained one
     assert err.max() < 0.04 * np.abs(ref).max()
     assert err.mean() < 0.002 * np.abs(ref).max()
+
+
+def _predict(net, img, **options):
+    """Tiled prediction of one output channel on the CPU, to the end."""
+    return run_generator(
+        iter_predict_tiled(
+            net, img, out_channels=1, divisor=4, device=torch.device("cpu"), **options
+        )
+    )
 
 
 def test_3d_tiling_and_progress():
@@ -87,51 +92,20 @@ def test_cancel_stops_between_tiles():
         return len(calls) > 2
 
     with pytest.raises(Cancelled):
-        run_generator(
-            iter_predict_tiled(
-                net,
-                img,
-                out_channels=1,
-                divisor=4,
-                device=torch.device("cpu"),
-                tile=32,
-                overlap=8,
-                cancel=cancel,
-            )
-        )
+        _predict(net, img, tile=32, overlap=8, cancel=cancel)
 
 
 def test_input_is_never_modified():
     net = _net()
     img = np.random.default_rng(2).random((1, 64, 64)).astype(np.float32)
     before = img.copy()
-    run_generator(
-        iter_predict_tiled(
-            net,
-            img,
-            out_channels=1,
-            divisor=4,
-            device=torch.device("cpu"),
-            tile=32,
-            overlap=8,
-            prepare=lambda t: t.__isub__(0.5),
-        )
-    )
+    _predict(net, img, tile=32, overlap=8, prepare=lambda t: t.__isub__(0.5))
     assert np.array_equal(img, before)
 
 
 def test_bad_tile_size():
     with pytest.raises(InvalidInputError, match="at least 4"):
-        run_generator(
-            iter_predict_tiled(
-                _net(),
-                np.zeros((1, 32, 32), np.float32),
-                out_channels=1,
-                divisor=4,
-                device=torch.device("cpu"),
-                tile=2,
-            )
-        )
+        _predict(_net(), np.zeros((1, 32, 32), np.float32), tile=2)
 
 
 def test_flip_averaging_is_the_mean_of_mirrored_predictions():
