@@ -20,6 +20,15 @@ def _untiled(net, img):
         return net(x)[0].numpy()
 
 
+def _predict(net, img, **options):
+    """Tiled prediction of one output channel on the CPU, to the end."""
+    return run_generator(
+        iter_predict_tiled(
+            net, img, out_channels=1, divisor=4, device=torch.device("cpu"), **options
+        )
+    )
+
+
 @pytest.mark.parametrize("length", [37, 64, 200, 513])
 def test_plan_covers_axis_and_weights_sum_positive(length):
     plan = plan_axis(length, 64, 16, 4)
@@ -47,15 +56,6 @@ def test_tiled_matches_untiled_without_seams(shape):
     # a random (untrained) network is more sensitive to missing context than a trained one
     assert err.max() < 0.04 * np.abs(ref).max()
     assert err.mean() < 0.002 * np.abs(ref).max()
-
-
-def _predict(net, img, **options):
-    """Tiled prediction of one output channel on the CPU, to the end."""
-    return run_generator(
-        iter_predict_tiled(
-            net, img, out_channels=1, divisor=4, device=torch.device("cpu"), **options
-        )
-    )
 
 
 def test_3d_tiling_and_progress():
