@@ -74,9 +74,26 @@ def test_h_maxima_object_by_object_equals_the_whole_image(shape):
     rng = np.random.default_rng(0)
     blobs = ndi.gaussian_filter(rng.random(shape), 2) > 0.5
     dist = ndi.gaussian_filter(ndi.distance_transform_edt(blobs), 1.0)
-    dist += rng.random(shape) * 0.3  # plateaus and near-ties
-    for h, level in ((1.0, 1.5), (0.5, 1.5), (2.0, 1.5)):
-        want = h_maxima(dist, h).astype(bool) & (dist > level)
-        got = h_maxima_above(dist, h, level)
-        assert want.any()
-        np.testing.assert_array_equal(got, want)
+    noisy = dist + rng.random(shape) * 0.3  # many maxima, near-ties
+    flat = np.round(dist * 4) / 4  # plateaus: at the top, and shoulders below it
+    for image in (noisy, flat):
+        for h, level in ((1.0, 1.5), (0.5, 1.5), (2.0, 1.5)):
+            want = h_maxima(image, h).astype(bool) & (image > level)
+            got = h_maxima_above(image, h, level)
+            assert want.any()
+            np.testing.assert_array_equal(got, want)
+
+
+def test_h_maxima_of_small_and_diagonally_touching_objects():
+    from skimage.morphology import h_maxima
+
+    from napari_aeseg.core.postprocess import h_maxima_above
+
+    image = np.zeros((12, 12))
+    image[2, 2] = 3.0  # one pixel: its box holds nothing lower
+    image[3:5, 3:5] = [[2.0, 1.0], [1.0, 1.5]]
+    image[5, 5] = 2.9  # touches the square above only at a corner
+    image[8:10, 8:11] = [[2.6, 2.0, 2.6], [2.2, 2.2, 2.2]]  # two peaks, a shallow dip
+    for h, level in ((1.0, 1.5), (0.3, 1.5), (0.5, 2.0)):
+        want = h_maxima(image, h).astype(bool) & (image > level)
+        np.testing.assert_array_equal(h_maxima_above(image, h, level), want)

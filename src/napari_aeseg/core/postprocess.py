@@ -81,28 +81,52 @@ def h_maxima_above(image: np.ndarray, h: float, level: float) -> np.ndarray:
 
     A pixel ``p`` above ``level`` is an h-maximum unless a path from a higher pixel reaches
     it without dropping to ``image[p] - h`` or below, so paths through pixels at or below
-    ``level - h`` never matter. Each connected region above ``level - h`` is therefore
-    processed alone, in its bounding box with the rest set to 0: the same result as the
-    whole image at once, and on large images several times faster (4 MPix of nuclei: 0.39
-    s instead of 2.6 s), since the image is mostly background.
+    ``level - h`` never matter. Each connected region above ``level - h`` (neighbours as in
+    ``h_maxima``: diagonals too) is therefore processed alone, with the rest set to 0: the
+    same result as the whole image at once. Most regions (one nucleus each) hold a single
+    local maximum above ``level``; there every pixel above ``level`` rises to it, so the
+    result is that maximum, found without ``h_maxima`` (with its own floating-point margin).
+    The other regions go through ``h_maxima`` one by one. On 4 MPix of nuclei this takes
+    a fraction of the whole-image call.
     """
     from skimage.morphology import h_maxima
 
     floor = level - h
-    if floor <= 0:
+    if floor <= 0 or not np.issubdtype(image.dtype, np.floating):
         return h_maxima(image, h).astype(bool) & (image > level)
-    regions, n = ndi.label(image > floor)
+    full = np.ones((3,) * image.ndim, bool)
+    regions, n = ndi.label(image > floor, structure=full)
     out = np.zeros(image.shape, bool)
     if not n:
         return out
-    # a region that never rises above ``level`` holds no seed (many, on noisy predictions)
-    tops = ndi.maximum(image, regions, np.arange(1, n + 1))
-    for i, box in enumerate(ndi.find_objects(regions), start=1):
-        if box is None or tops[i - 1] <= level:
-            continue
+    # plateaus of local maxima above ``level`` and the region of each
+    peak = (image == ndi.maximum_filter(image, size=3, mode="constant", cval=-np.inf)) & (
+        image > level
+    )
+    plateaus, n_plateaus = ndi.label(peak, structure=full)
+    if not n_plateaus:
+        return out
+    region_of = np.zeros(n_plateaus + 1, np.int64)
+    region_of[plateaus[peak]] = regions[peak]
+    top = np.zeros(n_plateaus + 1, image.dtype)
+    top[plateaus[peak]] = image[peak]
+    count = np.bincount(region_of[1:], minlength=n + 1)
+    # one plateau: it is the region's top, and h_maxima keeps the pixels whose residue
+    # ``image - (top - h - resolution)`` reaches h (``resolution`` as skimage computes it)
+    single = count == 1
+    shifted = np.full(n + 1, np.inf)
+    ids = region_of[1:][single[region_of[1:]]]
+    tops = top[1:][single[region_of[1:]]]
+    shifted[ids] = tops - h - 2 * np.finfo(image.dtype).resolution * np.abs(tops)
+    out |= (image - shifted[regions] >= h) & (image > level)
+    boxes = ndi.find_objects(regions)
+    for i in np.flatnonzero(count >= 2):
+        box = boxes[i - 1]
         own = regions[box] == i
-        crop = np.where(own, image[box], 0.0)
-        out[box] |= h_maxima(crop, h).astype(bool) & own & (crop > level)
+        # a margin of 0 around the box, as the region has in the whole image
+        crop = np.pad(np.where(own, image[box], 0), 1)
+        inner = tuple(slice(1, -1) for _ in box)
+        out[box] |= h_maxima(crop, h).astype(bool)[inner] & own & (image[box] > level)
     return out
 
 
