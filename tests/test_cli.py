@@ -414,7 +414,34 @@ def test_train_segmenter_shortens_a_pretrained_run_on_a_small_crop(
     ]
     # 64 patches per step, each holding the whole crop: 1200 labeled patches take 19 steps
     assert main(args) == 0
-    assert "19 of 40 steps: the labels cover a small area" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "19 of 40 steps: the labels cover a small area" in err
+    # stderr is no terminal here: the bar writes whole lines, first and last
+    bars = [line for line in err.splitlines() if line.startswith("train:")]
+    assert "\r" not in err and len(bars) == 2 and "19/19" in bars[-1], err
     assert load_model(tmp_path / "seg.aeseg").trained_steps == 19
     assert main([*args, "--no-step-limit", "--quiet"]) == 0
     assert load_model(tmp_path / "seg.aeseg").trained_steps == 40
+
+
+def test_progress_bar_on_a_terminal_and_off_it():
+    import io
+
+    from napari_aeseg._console import progress_bar
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    for stream in (io.StringIO(), Terminal()):
+        bar = progress_bar(50, "train", file=stream)
+        for _ in range(50):
+            bar.update(1)
+        bar.close()
+        text = stream.getvalue()
+        if isinstance(stream, Terminal):
+            assert "\r" in text  # redrawn in place
+        else:
+            lines = text.splitlines()
+            assert "\r" not in text and len(lines) == 2, text
+            assert "0/50" in lines[0] and "50/50" in lines[1]

@@ -206,11 +206,9 @@ def _device_seed(parser: argparse.ArgumentParser, *, seed: bool) -> None:
 
 
 def _progress_bar(total: int, desc: str, quiet: bool, unit: str = "step"):
-    from tqdm.auto import tqdm
+    from ._console import progress_bar
 
-    return tqdm(
-        total=total, desc=desc, unit=unit, disable=quiet, file=sys.stderr, dynamic_ncols=True
-    )
+    return progress_bar(total, desc, quiet=quiet, unit=unit)
 
 
 def _train(args) -> int:

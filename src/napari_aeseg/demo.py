@@ -52,8 +52,8 @@ def run_demo(
     import json
 
     from skimage.restoration import estimate_sigma
-    from tqdm.auto import tqdm
 
+    from ._console import progress_bar
     from .core.image_io import ensure_output_dir, write_png, write_tiff
     from .core.metrics import score_instances
     from .core.samples import load_sample
@@ -80,7 +80,7 @@ def run_demo(
         """Run a trainer's generator with a progress bar; returns its model."""
         if not quiet:
             print(f"demo: {message}", file=log)
-        bar = tqdm(total=total, desc=desc, unit="step", disable=quiet, file=log)
+        bar = progress_bar(total, desc, quiet=quiet, file=log)
         gen = trainer.run()
         while True:
             try:
