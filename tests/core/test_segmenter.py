@@ -319,6 +319,19 @@ def test_3d_segmenter_from_a_3d_denoiser(nuclei_3d, tiny):
         ref = den.network.decoder([None, *den.network.encoder(x)[1:]], (8, 32, 32))
         got = trainer.network.decoder(trainer.network.encoder(x), (8, 32, 32))
     np.testing.assert_allclose(got.numpy(), ref.numpy(), atol=1e-5)
+    # the step limit counts fully labeled 8 x 32 x 32 patches as it counts 2D ones: 1200 of
+    # them are 600 steps of 2
+    long = make_segmenter_config(
+        (8, 32, 32),
+        encoder=den,
+        labels_kind="instances",
+        steps=10_000,
+        batch_size=2,
+        patch_size=32,
+        patch_size_z=8,
+    )
+    one_crop = [noisy[:8, :32, :32]], [truth[:8, :32, :32]]
+    assert SegmenterTrainer(*one_crop, long, encoder=den, device="cpu").total_steps == 600
     seg = run_generator(trainer.run())
     result = seg.segment(noisy, device="cpu")
     assert result.labels.shape == noisy.shape
