@@ -405,7 +405,7 @@ class ImageLayerList(_FollowsLayers, QListWidget):
         self.layers_changed.emit()
 
 
-# --------------------------------------------------------------------------- devices
+# --------------------------------------------------------------------------- form fields
 def spin_box(lo: int, hi: int, value: int, *, step: int = 1, tip: str = "") -> QSpinBox:
     """An integer box from ``lo`` to ``hi`` set to ``value``."""
     box = QSpinBox()
@@ -423,6 +423,7 @@ def combo_box(items: list[str]) -> QComboBox:
     return box
 
 
+# --------------------------------------------------------------------------- devices
 class DeviceCombo(QComboBox):
     """``auto`` (saying what it resolves to here) and the devices that exist."""
 
