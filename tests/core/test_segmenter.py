@@ -303,16 +303,10 @@ def test_3d_segmenter_from_a_3d_denoiser(nuclei_3d, tiny):
     tiny.update(batch_size=2, patch_size_z=8)
     den = train_denoiser(noisy, axes="ZYX", steps=30, device="cpu", **tiny)
     assert den.config.architecture.spatial_dims == 3 and not den.config.architecture.top_skip
-    config = make_segmenter_config(
-        noisy.shape,
-        encoder=den,
-        labels_kind="instances",
-        steps=80,
-        batch_size=2,
-        patch_size=32,
-        patch_size_z=8,
-        learning_rate=3e-3,
+    options = dict(
+        encoder=den, labels_kind="instances", batch_size=2, patch_size=32, patch_size_z=8
     )
+    config = make_segmenter_config(noisy.shape, steps=80, learning_rate=3e-3, **options)
     trainer = SegmenterTrainer([noisy], [truth], config, encoder=den, device="cpu")
     x = torch.rand(1, 1, 8, 32, 32)
     with torch.no_grad():
@@ -321,15 +315,7 @@ def test_3d_segmenter_from_a_3d_denoiser(nuclei_3d, tiny):
     np.testing.assert_allclose(got.numpy(), ref.numpy(), atol=1e-5)
     # the step limit counts fully labeled 8 x 32 x 32 patches as it counts 2D ones: 1200 of
     # them are 600 steps of 2
-    long = make_segmenter_config(
-        (8, 32, 32),
-        encoder=den,
-        labels_kind="instances",
-        steps=10_000,
-        batch_size=2,
-        patch_size=32,
-        patch_size_z=8,
-    )
+    long = make_segmenter_config((8, 32, 32), steps=10_000, **options)
     one_crop = [noisy[:8, :32, :32]], [truth[:8, :32, :32]]
     assert SegmenterTrainer(*one_crop, long, encoder=den, device="cpu").total_steps == 600
     seg = run_generator(trainer.run())
