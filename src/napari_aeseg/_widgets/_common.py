@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
     QFrame,
+    QHBoxLayout,
     QLabel,
     QListWidget,
     QListWidgetItem,
@@ -55,6 +57,29 @@ def report_failure(error: BaseException, task: str) -> None:
     first = str(error).splitlines()[0] if str(error) else ""
     detail = f"{type(error).__name__}: {first}" if first else type(error).__name__
     show_error(f"{task} failed unexpectedly ({detail}); the layers are unchanged.")
+
+
+class WorkerJob:
+    """What a widget (main thread) and its worker share: the trainer and a stop flag.
+
+    ``idle`` is set while no worker runs the job, so a closing widget can wait for it.
+    """
+
+    def __init__(self) -> None:
+        self.trainer: Any = None
+        self.stop_requested = threading.Event()
+        self.idle = threading.Event()
+        self.idle.set()
+
+    def stop(self) -> None:
+        self.stop_requested.set()
+        if self.trainer is not None:
+            self.trainer.stop()
+
+    def shutdown(self, wait_s: float = 3.0) -> None:
+        """Stop, and give the worker ``wait_s`` seconds to end its step."""
+        self.stop()
+        self.idle.wait(wait_s)
 
 
 def start_job(
@@ -406,6 +431,17 @@ class ImageLayerList(_FollowsLayers, QListWidget):
 
 
 # --------------------------------------------------------------------------- form fields
+def row_widget(*items: QWidget | tuple[QWidget, int]) -> QWidget:
+    """Widgets side by side in one form row; ``(widget, 1)`` takes the spare width."""
+    row = QWidget()
+    layout = QHBoxLayout(row)
+    layout.setContentsMargins(0, 0, 0, 0)
+    for item in items:
+        widget, stretch = item if isinstance(item, tuple) else (item, 0)
+        layout.addWidget(widget, stretch)
+    return row
+
+
 def spin_box(lo: int, hi: int, value: int, *, step: int = 1, tip: str = "") -> QSpinBox:
     """An integer box from ``lo`` to ``hi`` set to ``value``."""
     box = QSpinBox()

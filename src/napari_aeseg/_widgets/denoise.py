@@ -38,6 +38,7 @@ from ._common import (
     guess_layer_axes,
     layer_data,
     report_failure,
+    row_widget,
     scrolling_layout,
     short_description,
     spatial_metadata,
@@ -117,11 +118,7 @@ class DenoiseWidget(StopsWhenUndocked, QWidget):
         self.load_button = QPushButton("Load...")
         self.load_button.setToolTip("Load a model file (.aeseg) into this session")
         self.load_button.clicked.connect(self.load_model)
-        model_row = QWidget()
-        row = QHBoxLayout(model_row)
-        row.setContentsMargins(0, 0, 0, 0)
-        row.addWidget(self.model_combo, 1)
-        row.addWidget(self.load_button)
+        model_row = row_widget((self.model_combo, 1), self.load_button)
         form.addRow("Model", model_row)
         self.model_info = WrappedLabel("No model yet: train one or load a file.")
         form.addRow(self.model_info)

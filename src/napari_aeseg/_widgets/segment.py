@@ -17,7 +17,6 @@ up copies: ``"<image> segmentation"`` (Labels), ``"<image> probability"`` and
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass
 
@@ -61,6 +60,7 @@ from ._common import (
     Failure,
     ImageLayerCombo,
     StopsWhenUndocked,
+    WorkerJob,
     WrappedLabel,
     _FollowsLayers,
     ask_and_load_denoiser,
@@ -70,6 +70,7 @@ from ._common import (
     guess_layer_axes,
     layer_data,
     report_failure,
+    row_widget,
     scrolling_layout,
     spin_box,
     start_job,
@@ -133,23 +134,10 @@ class Stopped:
     model: SegmenterModel | None
 
 
-class SegmentJob:
-    """What the widget and its worker share: the trainer and a stop flag."""
+class SegmentJob(WorkerJob):
+    """The Segment widget's job: its worker fine-tunes, denoises and segments."""
 
-    def __init__(self) -> None:
-        self.trainer: SegmenterTrainer | None = None
-        self.stop_requested = threading.Event()
-        self.idle = threading.Event()
-        self.idle.set()
-
-    def stop(self) -> None:
-        self.stop_requested.set()
-        if self.trainer is not None:
-            self.trainer.stop()
-
-    def shutdown(self, wait_s: float = 3.0) -> None:
-        self.stop()
-        self.idle.wait(wait_s)
+    trainer: SegmenterTrainer | None
 
     def _denoised(self, denoiser, image, axes, device):
         if denoiser is None:
@@ -475,11 +463,7 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
             "An empty Labels layer over the image, selected with the paint brush on label 2"
         )
         self.new_scribbles_button.clicked.connect(lambda: self.new_scribble_layer())
-        labels_row = QWidget()
-        row = QHBoxLayout(labels_row)
-        row.setContentsMargins(0, 0, 0, 0)
-        row.addWidget(self.labels_combo, 1)
-        row.addWidget(self.new_scribbles_button)
+        labels_row = row_widget((self.labels_combo, 1), self.new_scribbles_button)
         form.addRow("Labels", labels_row)
         self.hint = WrappedLabel(SCRIBBLE_HINT)
         self.hint.setToolTip(
@@ -507,11 +491,7 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
             "A Shapes layer over the image to draw rectangles around the crops you labeled"
         )
         self.mark_crops_button.clicked.connect(lambda: self.mark_crops())
-        self.regions_row = QWidget()
-        row = QHBoxLayout(self.regions_row)
-        row.setContentsMargins(0, 0, 0, 0)
-        row.addWidget(self.regions_combo, 1)
-        row.addWidget(self.mark_crops_button)
+        self.regions_row = row_widget((self.regions_combo, 1), self.mark_crops_button)
         self.regions_label = QLabel("Labeled crops")
         form.addRow(self.regions_label, self.regions_row)
         self.target_combo = combo_box(["instances", "semantic"])
@@ -539,11 +519,7 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         self.load_button = QPushButton("Load...")
         self.load_button.setToolTip("Load a denoiser file (.aeseg) into this session")
         self.load_button.clicked.connect(self.load_encoder)
-        enc_row = QWidget()
-        row = QHBoxLayout(enc_row)
-        row.setContentsMargins(0, 0, 0, 0)
-        row.addWidget(self.encoder_combo, 1)
-        row.addWidget(self.load_button)
+        enc_row = row_widget((self.encoder_combo, 1), self.load_button)
         form.addRow("Encoder", enc_row)
 
         self.denoise_check = QCheckBox("Denoise first with")
@@ -555,11 +531,7 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         self.denoise_check.toggled.connect(lambda *_: self._on_denoise_toggled())
         self.denoiser_combo = QComboBox()
         self.denoiser_combo.currentIndexChanged.connect(lambda *_: self._forget_features())
-        den_row = QWidget()
-        row = QHBoxLayout(den_row)
-        row.setContentsMargins(0, 0, 0, 0)
-        row.addWidget(self.denoise_check)
-        row.addWidget(self.denoiser_combo, 1)
+        den_row = row_widget(self.denoise_check, (self.denoiser_combo, 1))
         form.addRow(den_row)
 
         self.steps = spin_box(

@@ -8,7 +8,6 @@ the session registry, where the *Denoise* widget finds it.
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +40,7 @@ from ._common import (
     Failure,
     ImageLayerList,
     StopsWhenUndocked,
+    WorkerJob,
     WrappedLabel,
     ask_and_load_denoiser,
     ask_and_save_model,
@@ -49,6 +49,7 @@ from ._common import (
     guess_layer_axes,
     layer_data,
     report_failure,
+    row_widget,
     scrolling_layout,
     shifted_metadata,
     spatial_metadata,
@@ -104,19 +105,10 @@ class PreviewRegion:
     display: dict
 
 
-class TrainingJob:
-    """What the widget (main thread) and its worker share: the trainer and a stop flag."""
+class TrainingJob(WorkerJob):
+    """The Train widget's job: its worker trains (and continues) one denoiser."""
 
-    def __init__(self) -> None:
-        self.trainer: DenoiserTrainer | None = None
-        self.stop_requested = threading.Event()
-        self.idle = threading.Event()
-        self.idle.set()
-
-    def stop(self) -> None:
-        self.stop_requested.set()
-        if self.trainer is not None:
-            self.trainer.stop()
+    trainer: DenoiserTrainer | None
 
     def steps(
         self,
@@ -258,10 +250,8 @@ class _JobHolder:
     job: TrainingJob | None = None
 
     def shutdown(self, wait_s: float = 3.0) -> None:
-        job = self.job
-        if job is not None:
-            job.stop()
-            job.idle.wait(wait_s)
+        if self.job is not None:
+            self.job.shutdown(wait_s)
 
 
 class TrainDenoiserWidget(StopsWhenUndocked, QWidget):
@@ -325,11 +315,7 @@ class TrainDenoiserWidget(StopsWhenUndocked, QWidget):
             "gaussian: sigma as a fraction of the intensity range; poisson: photons at the top "
             "of the range (lower is noisier); salt_pepper: fraction of pixels"
         )
-        noise_row = QWidget()
-        row = QHBoxLayout(noise_row)
-        row.setContentsMargins(0, 0, 0, 0)
-        row.addWidget(self.noise_kind, 1)
-        row.addWidget(self.noise_level, 1)
+        noise_row = row_widget((self.noise_kind, 1), (self.noise_level, 1))
         self.noise_label = QLabel("Noise")
         self.noise_row = noise_row
         form.addRow(self.noise_label, noise_row)
@@ -337,13 +323,8 @@ class TrainDenoiserWidget(StopsWhenUndocked, QWidget):
 
         self.patch_size = spin_box(8, 4096, 64, step=8, tip="In-plane patch size (pixels)")
         self.patch_size_z = spin_box(4, 1024, 16, step=4, tip="Patch depth along Z (3D only)")
-        patch_row = QWidget()
-        row = QHBoxLayout(patch_row)
-        row.setContentsMargins(0, 0, 0, 0)
-        row.addWidget(self.patch_size, 1)
         self.patch_z_label = QLabel("depth")
-        row.addWidget(self.patch_z_label)
-        row.addWidget(self.patch_size_z, 1)
+        patch_row = row_widget((self.patch_size, 1), self.patch_z_label, (self.patch_size_z, 1))
         form.addRow("Patch size", patch_row)
         self.batch_size = spin_box(1, 4096, 16, tip="Patches per training step")
         form.addRow("Batch size", self.batch_size)
@@ -367,11 +348,7 @@ class TrainDenoiserWidget(StopsWhenUndocked, QWidget):
             "Denoise a centre crop of the shown slice with the best weights so far every this "
             "many steps (auto: every 10% of the steps, at most 100)"
         )
-        preview_row = QWidget()
-        row = QHBoxLayout(preview_row)
-        row.setContentsMargins(0, 0, 0, 0)
-        row.addWidget(self.preview_check)
-        row.addWidget(self.preview_every, 1)
+        preview_row = row_widget(self.preview_check, (self.preview_every, 1))
         form.addRow("Preview", preview_row)
 
         self.name_edit = QLineEdit()
