@@ -97,3 +97,54 @@ def test_h_maxima_of_small_and_diagonally_touching_objects():
     for h, level in ((1.0, 1.5), (0.3, 1.5), (0.5, 2.0)):
         want = h_maxima(image, h).astype(bool) & (image > level)
         np.testing.assert_array_equal(h_maxima_above(image, h, level), want)
+
+
+def _rough_ellipse_and_touching_discs(scale: float, seed: int = 0):
+    """A slightly rough ellipse (as a network's mask of one nucleus) and two touching discs."""
+    yy, xx = np.mgrid[: int(160 * scale), : int(360 * scale)] / scale
+    rough = ndi.gaussian_filter(np.random.default_rng(seed).normal(0, 1, yy.shape), 4 * scale)
+    rough /= rough.std()
+    ellipse = ((yy - 80) / 30) ** 2 + ((xx - 100) / 45) ** 2 + 0.05 * rough < 1
+    discs = [(yy - 80) ** 2 + (xx - x0) ** 2 < 30**2 for x0 in (230, 286)]
+    return ellipse, discs
+
+
+def test_two_class_seeds_scale_with_the_objects():
+    from napari_aeseg.core.postprocess import default_seed_window, typical_radius
+
+    ellipse, discs = _rough_ellipse_and_touching_discs(1.0)
+    mask = ellipse | discs[0] | discs[1]
+    probs = np.stack([~mask, mask]).astype(np.float32)
+    edt = ndi.distance_transform_edt(mask)
+    assert 29 <= typical_radius(mask, edt) <= 31
+    assert default_seed_window(30, 2) == 15
+    labels = instances_from_probabilities(probs)
+    assert len(np.unique(labels[ellipse])) == 1  # one nucleus, one label
+    assert len(np.unique(labels[discs[0] | discs[1]])) == 2  # the touching pair stays split
+    # a fixed 5 x 5 box (the rule before) splits the rough nucleus at this size
+    assert len(np.unique(instances_from_probabilities(probs, seed_window=5)[ellipse])) == 2
+    # small objects keep the 5 x 5 box, and touching small discs stay split
+    small = _rough_ellipse_and_touching_discs(0.2)[1]
+    small_mask = small[0] | small[1]
+    assert (
+        default_seed_window(typical_radius(small_mask, ndi.distance_transform_edt(small_mask)), 2)
+        == 5
+    )
+    small_labels = instances_from_probabilities(
+        np.stack([~small_mask, small_mask]).astype(np.float32)
+    )
+    assert small_labels.max() == 2
+    assert default_seed_window(9.0, 3) == 3 and default_seed_window(0.0, 2) == 5
+
+
+def test_typical_radius_ignores_specks_below_min_size():
+    from napari_aeseg.core.postprocess import typical_radius
+
+    mask = np.zeros((64, 64), bool)
+    mask[10:30, 10:30] = True  # radius 10
+    for i in range(5):
+        mask[50, 5 + 10 * i] = True  # single-pixel specks
+    edt = ndi.distance_transform_edt(mask)
+    assert typical_radius(mask, edt) == 1.0  # the specks are the median piece
+    assert typical_radius(mask, edt, min_size=15) == 10.0
+    assert typical_radius(np.zeros((8, 8), bool), np.zeros((8, 8))) == 0.0

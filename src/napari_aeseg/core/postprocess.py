@@ -38,6 +38,7 @@ def instances_from_probabilities(
     min_size: int = 15,
     fill_holes: bool = True,
     seed_h: float = 1.0,
+    seed_window: int | None = None,
 ) -> np.ndarray:
     """Instance labels from background / foreground (/ boundary) probabilities, 2D or 3D.
 
@@ -46,7 +47,9 @@ def instances_from_probabilities(
     the predicted boundary between them has gaps. With a boundary class, the distance is
     measured inside the confident interior (foreground minus boundary) and a seed must rise
     ``seed_h`` pixels above the saddle to its neighbour (h-maxima); with two classes only,
-    the distance is measured in the foreground mask.
+    the distance is measured in the foreground mask and a seed is the highest point of a
+    ``seed_window``-wide box, by default one that grows with the objects (see
+    :func:`default_seed_window`).
     """
     fg = probabilities[FOREGROUND]
     if probabilities.shape[0] > 2:
@@ -57,9 +60,11 @@ def instances_from_probabilities(
         peaks = h_maxima_above(dist, seed_h, MIN_SEED_DISTANCE)
     else:
         mask = fg > threshold
-        dist = ndi.gaussian_filter(ndi.distance_transform_edt(mask), 1.0)
-        size = 5 if fg.ndim == 2 else 3
-        peaks = (dist == ndi.maximum_filter(dist, size=size)) & (dist > MIN_SEED_DISTANCE)
+        edt = ndi.distance_transform_edt(mask)
+        dist = ndi.gaussian_filter(edt, 1.0)
+        if seed_window is None:
+            seed_window = default_seed_window(typical_radius(mask, edt, min_size), fg.ndim)
+        peaks = (dist == ndi.maximum_filter(dist, size=seed_window)) & (dist > MIN_SEED_DISTANCE)
     markers, _ = ndi.label(peaks)
     if fill_holes:
         mask = ndi.binary_fill_holes(mask)
@@ -74,6 +79,37 @@ def instances_from_probabilities(
         small[0] = False
         labels = np.where(small[labels], 0, labels)
     return relabel_sequential(labels)
+
+
+def typical_radius(mask: np.ndarray, edt: np.ndarray, min_size: int = 0) -> float:
+    """The median, over the connected pieces of ``mask`` of at least ``min_size`` pixels, of
+    their largest distance to the edge (``edt``): the radius of a typical object, in pixels.
+    A clump of touching objects counts as one piece of about one object's radius. 0 when
+    there is no such piece."""
+    pieces, n = ndi.label(mask)
+    if not n:
+        return 0.0
+    index = np.arange(1, n + 1)
+    if min_size > 0:
+        index = index[np.bincount(pieces.ravel(), minlength=n + 1)[1:] >= min_size]
+        if not len(index):
+            return 0.0
+    return float(np.median(ndi.maximum(edt, pieces, index)))
+
+
+def default_seed_window(radius: float, ndim: int) -> int:
+    """Side of the box in which a two-class seed must be the highest distance.
+
+    Its half-width is a quarter of the typical object radius in 2D (a sixth in 3D), and at
+    least 2 pixels (1 voxel): the fixed 5 x 5 (3 x 3 x 3) box of before for objects up to a
+    radius of 12. With that fixed box, nuclei seen at 2-3x the magnification had rough masks
+    split in pieces: AP@0.5 on the real sample's two-class probabilities scaled up 2x / 3x
+    went from 0.62 / 0.55 to 0.70 / 0.73, and 0.704 -> 0.710 at the original size
+    (``benchmarks/bench_seed_window.py``).
+    """
+    if ndim == 2:
+        return max(5, 2 * int(radius / 4) + 1)
+    return max(3, 2 * int(radius / 6) + 1)
 
 
 def h_maxima_above(image: np.ndarray, h: float, level: float) -> np.ndarray:
