@@ -89,12 +89,15 @@ def typical_radius(mask: np.ndarray, edt: np.ndarray, min_size: int = 0) -> floa
     pieces, n = ndi.label(mask)
     if not n:
         return 0.0
-    index = np.arange(1, n + 1)
+    inside = pieces > 0
+    deepest = np.zeros(n + 1)
+    np.maximum.at(deepest, pieces[inside], edt[inside])  # (ndi.maximum is 15x slower)
+    deepest = deepest[1:]
     if min_size > 0:
-        index = index[np.bincount(pieces.ravel(), minlength=n + 1)[1:] >= min_size]
-        if not len(index):
+        deepest = deepest[np.bincount(pieces[inside], minlength=n + 1)[1:] >= min_size]
+        if not len(deepest):
             return 0.0
-    return float(np.median(ndi.maximum(edt, pieces, index)))
+    return float(np.median(deepest))
 
 
 def default_seed_window(radius: float, ndim: int) -> int:
