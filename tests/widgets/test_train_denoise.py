@@ -316,3 +316,10 @@ def test_flip_averaging_checkbox_reaches_the_engine(viewer_with_widgets, nuclei)
     np.testing.assert_allclose(plain, model.denoise(noisy, device="cpu"), atol=1e-5)
     np.testing.assert_allclose(averaged, model.denoise(noisy, device="cpu", tta=True), atol=1e-5)
     assert np.abs(averaged - plain).max() > 1e-4, "flip averaging changes the result"
+
+
+def test_denoise_widget_shows_the_axes_before_any_model(viewer_with_widgets):
+    volume = np.zeros((4, 32, 32), np.float32)
+    viewer, _, denoise = viewer_with_widgets(volume, name="stack")
+    assert denoise.model() is None
+    assert denoise.axes_edit.text() == "ZYX"  # the guess for the layer already there

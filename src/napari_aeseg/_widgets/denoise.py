@@ -104,6 +104,7 @@ class DenoiseWidget(StopsWhenUndocked, QWidget):
         cancel = self._cancel
         self.destroyed.connect(lambda *_: cancel.set())
         self._on_session_changed("")
+        self._update_axes()  # the layer chosen before its signal was connected
         self._update_buttons()
 
     def _build(self) -> None:
