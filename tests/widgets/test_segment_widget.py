@@ -127,6 +127,10 @@ def test_instant_classifier_then_more_scribbles_updates_the_same_layers(
     iou = score_instances(truth, first).pixel_iou
     print(f"instant classifier: pixel IoU {iou:.3f}, {first.max()} objects")
     assert iou > 0.6
+    sizes = np.bincount(first.ravel())[1:]
+    sizes = sizes[sizes > 0]
+    # the status gives the count and the median size, to set "Min object size" against
+    assert f"{len(sizes)} objects (median {int(np.median(sizes))} pixels)" in widget.status.text()
     unc = viewer.layers[UNC_NAME]
     assert isinstance(unc, Image) and unc.data.shape == truth.shape
     assert 0.0 <= unc.data.min() and unc.data.max() <= 1.0 and unc.data.max() > 0.1

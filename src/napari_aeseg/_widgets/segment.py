@@ -1283,8 +1283,13 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
             if layers.index(labels_layer) < layers.index(layer):
                 layers.move(layers.index(labels_layer), len(layers))
             layers.selection.active = labels_layer
-        n = int(len(np.unique(result.labels)) - (result.labels == 0).any())
+        sizes = np.bincount(np.asarray(result.labels).ravel())[1:]
+        sizes = sizes[sizes > 0]
+        n = len(sizes)
         what = "objects" if target == "instances" else "classes"
+        if target == "instances" and n:  # to check against "Min object size"
+            unit = "voxels" if "Z" in axes else "pixels"
+            what += f" (median {int(np.median(sizes))} {unit})"
         where = f" in frame {frame}" if frame is not None else ""
         if result.model is not None:  # the run ends on the training it did, not the tiles
             self.progress.setFormat("%v / %m steps")
