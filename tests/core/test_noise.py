@@ -8,6 +8,7 @@ from napari_aeseg.core.noise import (
     add_noise_torch,
     apply_blind_spot,
     blind_spot_coordinates,
+    noise_to_signal,
     psnr,
 )
 
@@ -77,3 +78,27 @@ def test_torch_noise_reproducible():
     a = add_noise_torch(x, specs, torch.Generator().manual_seed(0))
     b = add_noise_torch(x, specs, torch.Generator().manual_seed(0))
     assert torch.equal(a, b) and not torch.equal(a, x)
+
+
+def test_noise_to_signal_ratio():
+    from napari_aeseg.core.synthetic import synthetic_nuclei
+
+    clean = synthetic_nuclei((192, 192), seed=7).clean
+    signal = float(np.std(clean))
+    for sigma in (0.05, 0.15, 0.4):
+        noisy = add_noise(clean, gaussian=sigma, seed=1, value_range=(0.0, 1.0))
+        assert noise_to_signal([noisy]) == pytest.approx(sigma / signal, rel=0.1)
+        # a ratio: the images' scale and offset do not matter
+        assert noise_to_signal([noisy * 300 + 20]) == pytest.approx(noise_to_signal([noisy]))
+    # pieces of one image pool to about the whole image's ratio; 3D works the same way
+    noisy = add_noise(clean, gaussian=0.15, seed=1, value_range=(0.0, 1.0))
+    pieces = [noisy[:96, :96], noisy[96:, 96:], noisy[:96, 96:]]
+    assert noise_to_signal(pieces) == pytest.approx(0.15 / signal, rel=0.15)
+    volume = synthetic_nuclei((24, 64, 64), seed=8).clean
+    noisy3d = add_noise(volume, gaussian=0.15, seed=2, value_range=(0.0, 1.0))
+    assert noise_to_signal([noisy3d]) == pytest.approx(0.15 / np.std(volume), rel=0.15)
+    # clean images are far below 1, noise alone far above
+    assert noise_to_signal([clean]) < 0.05
+    white = np.random.default_rng(0).normal(size=(128, 128)).astype(np.float32)
+    assert noise_to_signal([white]) > 5
+    assert noise_to_signal([]) == 0.0

@@ -1,5 +1,8 @@
+import math
+
 import numpy as np
 import pytest
+import torch
 
 from napari_aeseg.api import load_model
 from napari_aeseg.core.denoiser import DenoiserModel
@@ -174,6 +177,51 @@ def test_few_labels_end_a_pretrained_run_early(nuclei_2d, denoiser, scribbles):
     spread = trainer(denoiser, "scribbles", noisy, scribbles)
     assert spread.requested_steps is None and spread.total_steps == 400
     assert 1000 < trainer(denoiser, "scribbles", noisy, scribbles, steps=10**6).total_steps
+
+
+def test_noisy_labeled_crops_get_a_longer_limit(nuclei_2d, denoiser):
+    from napari_aeseg.core.noise import add_noise
+    from napari_aeseg.core.segmenter import (
+        SegmenterTrainer,
+        labeled_noise_ratio,
+        make_segmenter_config,
+        shortened_note,
+    )
+
+    clean, _, truth = nuclei_2d
+    masks = truth[8:40, 8:40]
+
+    def trainer(sigma, **training):
+        image = add_noise(clean, gaussian=sigma, seed=5, value_range=(0.0, 1.0))[8:40, 8:40]
+        config = make_segmenter_config(
+            image.shape,
+            encoder=denoiser,
+            labels_kind="instances",
+            **{**SEG, "steps": 2000, "batch_size": 4, **training},
+        )
+        return SegmenterTrainer([image], [masks], config, encoder=denoiser, device="cpu")
+
+    # 1200 labeled patches are 300 steps of 4; the noise-to-signal ratio multiplies them,
+    # from 1 up to twice (noisy_limit_factor)
+    calm, medium, strong = trainer(0.05), trainer(0.5), trainer(3.0)
+    assert calm.total_steps == 300 and calm.noise_ratio is None
+    assert 1.1 < medium.noise_ratio < 1.9
+    assert medium.total_steps == math.ceil(300 * medium.noise_ratio - 1e-9)
+    assert strong.noise_ratio > 1.5
+    assert strong.total_steps == math.ceil(300 * min(2, strong.noise_ratio) - 1e-9)
+    assert trainer(3.0, noisy_limit_factor=1.5).total_steps == 450
+    assert "noise/signal" in shortened_note(strong)
+    assert "noise/signal" not in shortened_note(calm)
+    assert trainer(3.0, noisy_limit_factor=1).total_steps == 300
+    # the ratio is measured where the labels are: a labeled noisy box in a clean image
+    image = torch.from_numpy(np.stack([clean[:64, :64]]))
+    image[:, :32, :32] += torch.randn(32, 32, generator=torch.Generator().manual_seed(0))
+    target = -torch.ones(64, 64, dtype=torch.long)
+    target[:32, :32] = 0
+    assert labeled_noise_ratio([image], [target]) > 2
+    target = -torch.ones(64, 64, dtype=torch.long)
+    target[32:, 32:] = 0
+    assert labeled_noise_ratio([image], [target]) < 0.2
 
 
 def test_dense_instances_random_init_and_joint(nuclei_2d):
