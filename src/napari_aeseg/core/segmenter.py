@@ -826,11 +826,13 @@ def shortened_note(trainer: SegmenterTrainer) -> str:
     """ ", N of M steps: ..." when few labels shortened a pretrained run, else ""."""
     if trainer.requested_steps is None:
         return ""
-    noisy = (
-        f" (noisy labeled images, noise/signal {trainer.noise_ratio:.1f}: a longer share)"
-        if trainer.noise_ratio is not None
-        else ""
-    )
+    noisy = ""
+    if trainer.noise_ratio is not None:
+        longer = min(trainer.noise_ratio, trainer.config.training.noisy_limit_factor)
+        noisy = (
+            f" ({longer:.1f}x the share of clean labels: the labeled area is noisy, "
+            f"noise/signal {trainer.noise_ratio:.1f})"
+        )
     return (
         f", {trainer.total_steps} of {trainer.requested_steps} steps: the labels cover a small "
         f"area, and longer runs from a denoiser overfit it{noisy}"
