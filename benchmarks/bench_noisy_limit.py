@@ -3,14 +3,16 @@
 A segmenter started from a denoiser ends its fine-tuning once its patches have held 1200
 patches' worth of labeled pixels (150 steps of 8 for a few 64 x 64 crops), because on clean
 images a longer run overfits the crops. On noisy crops the networks keep improving for
-longer, so the limit now grows with the labeled area's noise-to-signal ratio
-(``noise.noise_to_signal``: noise std over the signal's std), times 1 up to 2
-(``SegTrainingConfig.noisy_limit_factor``).
+longer, so the limit now moves toward 1200 passes over each labeled pixel (the rule before
+the labeled-patch limit), by the labeled area's noise-to-signal ratio minus 1
+(``noise.noise_to_signal``: noise std over the signal's std; none of the way at 1, all of
+it from 2 on; ``SegTrainingConfig.noisy_label_passes``). For two crops that is 150 steps
+times the ratio, up to 300.
 
 This script fine-tunes at the product's defaults (``train_segmenter`` with 400 steps of 8
 asked, cut-out 64 x 64 crops of the training half, crop seed = network seed) from the
-cached ``n2v2`` denoiser of each dataset, with the fixed limit (``noisy_limit_factor=1``,
-the rule before), with the noise-scaled limit (the default now) and, with ``--double``,
+cached ``n2v2`` denoiser of each dataset, with the fixed limit (``noisy_label_passes=None``,
+the rule before), with the noise-aware limit (the default now) and, with ``--double``,
 with twice the fixed limit, and scores the held-out half (AP@0.5). Datasets are the
 benchmark's real and synthetic nuclei with Gaussian noise of a given fraction of their
 range added: ``real+noise0.1``, ``synthetic+noise0.4``... (``real+noise0.2`` is the
@@ -40,15 +42,15 @@ from _common import RESULTS_DIR, format_table, machine_info, write_json  # noqa:
 from bench_seed_window import denoiser_for  # noqa: E402
 from bench_segmentation import CROP_SIZE, load_datasets, random_crops, score  # noqa: E402
 
-METHODS = ("fixed limit", "noise-scaled limit", "fixed limit x2")
+METHODS = ("fixed limit", "noise-aware limit", "fixed limit x2")
 
 
 def method_options(method: str, patches: float) -> dict:
     """``train_segmenter`` options of a method around a limit of ``patches`` labeled patches."""
     return {
-        "fixed limit": {"noisy_limit_factor": 1.0, "max_labeled_patches": patches},
-        "noise-scaled limit": {"max_labeled_patches": patches},
-        "fixed limit x2": {"noisy_limit_factor": 1.0, "max_labeled_patches": 2 * patches},
+        "fixed limit": {"noisy_label_passes": None, "max_labeled_patches": patches},
+        "noise-aware limit": {"max_labeled_patches": patches},
+        "fixed limit x2": {"noisy_label_passes": None, "max_labeled_patches": 2 * patches},
     }[method]
 
 

@@ -191,7 +191,7 @@ def test_noisy_labeled_crops_get_a_longer_limit(nuclei_2d, denoiser):
     clean, _, truth = nuclei_2d
     masks = truth[8:40, 8:40]
 
-    def trainer(sigma, **training):
+    def trainer(sigma, n=4, **training):
         image = add_noise(clean, gaussian=sigma, seed=5, value_range=(0.0, 1.0))[8:40, 8:40]
         config = make_segmenter_config(
             image.shape,
@@ -199,20 +199,24 @@ def test_noisy_labeled_crops_get_a_longer_limit(nuclei_2d, denoiser):
             labels_kind="instances",
             **{**SEG, "steps": 2000, "batch_size": 4, **training},
         )
-        return SegmenterTrainer([image], [masks], config, encoder=denoiser, device="cpu")
+        return SegmenterTrainer([image] * n, [masks] * n, config, encoder=denoiser, device="cpu")
 
-    # 1200 labeled patches are 300 steps of 4; the noise-to-signal ratio multiplies them,
-    # from 1 up to twice (noisy_limit_factor)
+    # four 32 x 32 crops at batch 4: 1200 labeled patches are 300 steps, 1200 passes over
+    # each labeled pixel 1200 steps; a noise-to-signal ratio r between 1 and 2 moves the
+    # limit by r - 1 of the way from the first to the second
     calm, medium, strong = trainer(0.05), trainer(0.5), trainer(3.0)
     assert calm.total_steps == 300 and calm.noise_ratio is None
     assert 1.1 < medium.noise_ratio < 1.9
-    assert medium.total_steps == math.ceil(300 * medium.noise_ratio - 1e-9)
+    assert medium.total_steps == math.ceil(300 + (medium.noise_ratio - 1) * 900 - 1e-9)
     assert strong.noise_ratio > 1.5
-    assert strong.total_steps == math.ceil(300 * min(2, strong.noise_ratio) - 1e-9)
-    assert trainer(3.0, noisy_limit_factor=1.5).total_steps == 450
-    assert "noise/signal" in shortened_note(strong)
-    assert "noise/signal" not in shortened_note(calm)
-    assert trainer(3.0, noisy_limit_factor=1).total_steps == 300
+    assert strong.total_steps == math.ceil(300 + min(1, strong.noise_ratio - 1) * 900 - 1e-9)
+    assert trainer(3.0, noisy_label_passes=2000).total_steps > strong.total_steps
+    assert "noisy, noise/signal" in shortened_note(strong)
+    assert "noisy" not in shortened_note(calm)
+    assert trainer(3.0, noisy_label_passes=None).total_steps == 300
+    # one crop: 1200 labeled patches already are 1200 passes, so nothing changes
+    one = trainer(3.0, n=1)
+    assert one.total_steps == 300 and one.noise_ratio is None
     # the ratio is measured where the labels are: a labeled noisy box in a clean image
     image = torch.from_numpy(np.stack([clean[:64, :64]]))
     image[:, :32, :32] += torch.randn(32, 32, generator=torch.Generator().manual_seed(0))

@@ -596,8 +596,8 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
             "With an encoder: end training once the patches have held about "
             f"{PRETRAINED_LABELED_PATCHES:.0f} fully labeled patches' worth of labels (150 "
             "steps of 8 on a few marked crops), since a pretrained start overfits a small "
-            "labeled area when it trains longer; up to twice that where the labeled area is "
-            "noisy (its noise stronger than its contrast). Off: train all the steps"
+            "labeled area when it trains longer; longer where the labeled area is noisy (its "
+            "noise as strong as its contrast or stronger). Off: train all the steps"
         )
         self.threshold = QDoubleSpinBox()
         self.threshold.setRange(0.05, 0.95)

@@ -63,9 +63,8 @@ Target = Literal["instances", "semantic"]
 #: ``max_labeled_patches`` of a segmenter started from a denoiser (``make_segmenter_config``):
 #: the labels of 150 steps of 8 fully labeled patches
 PRETRAINED_LABELED_PATCHES = 1200.0
-#: ``noisy_limit_factor`` of a segmenter started from a denoiser: noisy labeled images get up
-#: to twice the labeled patches
-PRETRAINED_NOISY_LIMIT_FACTOR = 2.0
+#: ``noisy_label_passes`` of a segmenter started from a denoiser
+PRETRAINED_NOISY_LABEL_PASSES = 1200.0
 
 
 class SegTrainingConfig(_Strict):
@@ -93,11 +92,12 @@ class SegTrainingConfig(_Strict):
     #: 64 x 64 crops did best at about 150 steps of 8 and lost up to 0.07 AP at 400. Spread
     #: strokes label a few pixels per patch and are not limited in practice. None: no limit
     max_labeled_patches: float | None = Field(None, gt=0)
-    #: ... times the labeled images' noise-to-signal ratio (noise std over the signal's std,
-    #: ``noise.noise_to_signal``), kept between 1 and this factor. Noisy crops keep improving
-    #: for longer: two 64 x 64 crops of real nuclei under strong noise (ratio about 2) did
-    #: best at 300 steps of 8, clean ones at 150. 1 turns it off
-    noisy_limit_factor: float = Field(1.0, ge=1, le=10)
+    #: ... but where the labeled area is noisy the limit moves toward this many passes over
+    #: each labeled pixel (if that is longer): not at all up to a noise-to-signal ratio of 1
+    #: (noise std over the signal's, ``noise.noise_to_signal``), fully from 2 on. Noisy crops
+    #: keep improving for longer: two 64 x 64 crops of real nuclei under strong noise did best
+    #: at 300 steps of 8 (1200 passes), clean ones at 150. None: the same limit for all
+    noisy_label_passes: float | None = Field(None, gt=0)
     #: ... but not before each labeled pixel has been in this many patches on average (many
     #: labels get a longer run)
     min_label_passes: float = Field(120.0, gt=0)
@@ -507,7 +507,7 @@ def make_segmenter_config(
             training["freeze_encoder_steps"] = min(50, training.get("steps", 400) // 5)
         training.setdefault("transfer", "encoder+decoder")
         training.setdefault("max_labeled_patches", PRETRAINED_LABELED_PATCHES)
-        training.setdefault("noisy_limit_factor", PRETRAINED_NOISY_LIMIT_FACTOR)
+        training.setdefault("noisy_label_passes", PRETRAINED_NOISY_LABEL_PASSES)
     else:
         training.setdefault("freeze_encoder_steps", 0)
     train_cfg = build(SegTrainingConfig, **training)
@@ -667,18 +667,17 @@ class SegmenterTrainer:
         limits = []
         if t.max_labeled_patches:
             fraction = per_patch / math.prod(self.patch)
-            patches = t.max_labeled_patches
-            if t.noisy_limit_factor > 1:
+            limit = max(
+                t.max_labeled_patches / (t.batch_size * fraction),
+                t.min_label_passes / passes_per_step,
+            )
+            noisy = (t.noisy_label_passes or 0.0) / passes_per_step
+            if noisy > limit:
                 ratio = labeled_noise_ratio(images, targets)
                 if ratio > 1:
                     self.noise_ratio = ratio
-                    patches *= min(ratio, t.noisy_limit_factor)
-            limits.append(
-                max(
-                    patches / (t.batch_size * fraction),
-                    t.min_label_passes / passes_per_step,
-                )
-            )
+                    limit += min(ratio - 1.0, 1.0) * (noisy - limit)
+            limits.append(limit)
         if t.max_label_passes:
             limits.append(t.max_label_passes / passes_per_step)
         return max(1, math.ceil(min(limits) - 1e-9))
@@ -828,10 +827,9 @@ def shortened_note(trainer: SegmenterTrainer) -> str:
         return ""
     noisy = ""
     if trainer.noise_ratio is not None:
-        longer = min(trainer.noise_ratio, trainer.config.training.noisy_limit_factor)
         noisy = (
-            f" ({longer:.1f}x the share of clean labels: the labeled area is noisy, "
-            f"noise/signal {trainer.noise_ratio:.1f})"
+            f" (longer than for clean labels: the labeled area is noisy, noise/signal "
+            f"{trainer.noise_ratio:.1f})"
         )
     return (
         f", {trainer.total_steps} of {trainer.requested_steps} steps: the labels cover a small "
@@ -882,7 +880,7 @@ def train_segmenter(
     ``max_labeled_patches`` patches' worth of labeled pixels (1200, that is 150 steps of 8
     fully labeled patches) but not before each labeled pixel was in ``min_label_passes``
     patches (120); where the labeled area's noise is stronger than its signal, the limit
-    grows with their ratio, up to ``noisy_limit_factor`` (2) times;
+    moves toward ``noisy_label_passes`` (1200) passes over each labeled pixel;
     ``max_labeled_patches=None`` trains them all.
     """
     if isinstance(images, np.ndarray):
