@@ -45,11 +45,12 @@ from bench_segmentation import CROP_SIZE, load_datasets, random_crops, score  # 
 METHODS = ("fixed limit", "noise-aware limit", "fixed limit x2")
 
 
-def method_options(method: str, patches: float) -> dict:
-    """``train_segmenter`` options of a method around a limit of ``patches`` labeled patches."""
+def method_options(method: str, patches: float, passes: float) -> dict:
+    """``train_segmenter`` options of a method around a limit of ``patches`` labeled patches
+    (and ``passes`` over each labeled pixel for noisy labels)."""
     return {
         "fixed limit": {"noisy_label_passes": None, "max_labeled_patches": patches},
-        "noise-aware limit": {"max_labeled_patches": patches},
+        "noise-aware limit": {"max_labeled_patches": patches, "noisy_label_passes": passes},
         "fixed limit x2": {"noisy_label_passes": None, "max_labeled_patches": 2 * patches},
     }[method]
 
@@ -116,7 +117,7 @@ def run(args) -> list[dict]:
                         batch_size=8,
                         device="cpu",
                         seed=seed,
-                        **method_options(method, args.labeled_patches),
+                        **method_options(method, args.labeled_patches, args.noisy_passes),
                     )
                     scores = score(d["test_gt"], model.segment(d["test"], device="cpu").labels)
                     rows.append(
@@ -195,6 +196,9 @@ def main(argv=None) -> int:
     p.add_argument(
         "--labeled-patches", type=float, default=None, help="the fixed limit (default: 1200)"
     )
+    p.add_argument(
+        "--noisy-passes", type=float, default=None, help="passes for noisy labels (default: 1200)"
+    )
     p.add_argument("--den-cache", default=None, help="folder of cached denoisers")
     p.add_argument("--den-steps", type=int, default=2000)
     p.add_argument("--threads", type=int, default=1)
@@ -204,11 +208,15 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.quick:
         args.datasets, args.seeds, args.den_steps = "real+noise0.3", "0", 50
-        args.crops, args.labeled_patches = "1", args.labeled_patches or 160  # 20 steps of 8
-    if args.labeled_patches is None:
-        from napari_aeseg.core.segmenter import PRETRAINED_LABELED_PATCHES
+        # two crops: 30 steps of 8 (the floor of 120 passes), up to 60 when noisy
+        args.crops, args.labeled_patches, args.noisy_passes = "2", 160, 240
+    from napari_aeseg.core.segmenter import (
+        PRETRAINED_LABELED_PATCHES,
+        PRETRAINED_NOISY_LABEL_PASSES,
+    )
 
-        args.labeled_patches = PRETRAINED_LABELED_PATCHES
+    args.labeled_patches = args.labeled_patches or PRETRAINED_LABELED_PATCHES
+    args.noisy_passes = args.noisy_passes or PRETRAINED_NOISY_LABEL_PASSES
     args.out = args.out or str(
         RESULTS_DIR / ("noisy_limit_quick.json" if args.quick else "noisy_limit.json")
     )
