@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -473,6 +474,32 @@ def test_a_pretrained_run_on_two_small_crops_ends_early(
     assert widget.loss_plot._planned_steps == 19
     assert any("loss" in t and "19 of 200 steps: small labeled area" in t for t in said), said
     assert widget.model.config.training.freeze_encoder_steps == 40 * 19 // 200
+
+
+def test_noisy_crops_train_longer_and_the_status_says_why(
+    qtbot, segment_viewer, cells, two_crops, tiny_denoiser, empty_session
+):
+    from napari_aeseg._widgets.segment import MASKS
+
+    viewer, widget = segment_viewer
+    _, truth, _ = cells
+    # much noisier than the denoiser's images: noise several times the nuclei's contrast
+    viewer.layers["noisy"].data = add_noise(
+        np.asarray(viewer.layers["noisy"].data), gaussian=1.0, seed=9, value_range=(0.0, 1.0)
+    )
+    viewer.add_labels(np.where(two_crops, truth, 0), name="crop masks", scale=(0.5, 0.25))
+    widget.set_options(labels="crop masks", labels_kind=MASKS)
+    widget.mark_crops().add_rectangles([[[7.5, 7.5], [55.5, 55.5]], [[71.5, 63.5], [119.5, 111.5]]])
+    empty_session.add_model(tiny_denoiser)
+    widget.set_options(**{**TINY_SEG, "steps": 200, "batch_size": 64})
+    said, set_text = [], widget.status.setText
+    widget.status.setText = lambda text: (said.append(text), set_text(text))
+    widget.run_button.click()
+    wait_idle(qtbot, widget, timeout=120_000)
+    # the clean crops of the test above stop at 19 steps (1200 labeled patches); noise this
+    # strong moves the limit all the way to 1200 passes over each labeled pixel: 85 steps
+    assert widget.model.trained_steps == math.ceil(1200 / (64 * 32 * 32 / (2 * 48 * 48)))
+    assert any("85 of 200 steps: small labeled area (noisy: longer" in t for t in said), said
 
 
 def test_marked_crops_that_hold_no_object_are_reported(qtbot, segment_viewer, cells, shown):

@@ -1166,6 +1166,9 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
                     short = (
                         f" · {item.total_steps} of {self._planned_steps} steps: small labeled area"
                     )
+                    trainer = getattr(self._job, "trainer", None)
+                    if getattr(trainer, "noise_ratio", None) is not None:
+                        short += f" (noisy: longer, noise/signal {trainer.noise_ratio:.1f})"
                 self.status.setText(
                     f"Training: {item.steps_per_second:.1f} steps/s · ETA "
                     f"{format_seconds(item.eta_seconds)} · loss {item.train_loss:.4g}{short}"
