@@ -19,6 +19,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+from scipy import ndimage as ndi
 
 from .config import NoiseSpec
 
@@ -180,20 +181,32 @@ def psnr(reference: np.ndarray, image: np.ndarray, data_range: float | None = No
     return 10.0 * math.log10(data_range**2 / mse)
 
 
+#: the noise's spread is measured in up to this many bands of local brightness
+NOISE_BANDS = 16
+
+
 def noise_to_signal(images: Sequence[np.ndarray], max_pixels: int = 4_000_000) -> float:
     """How strong the pixel noise is against the signal, over some (normalised) images.
 
-    The noise's standard deviation comes from the finest wavelet details (the median
-    absolute deviation estimator of Donoho and Johnstone, as in
-    ``skimage.restoration.estimate_sigma``); the signal's is what remains of the images'
-    spread once the noise's variance is taken off. Returns noise std / signal std: about 0.2
-    for clean fluorescence nuclei, 1 where the noise is as strong as the signal's contrast,
-    ``inf`` where the images are noise only. Each image counts with its pixels; a larger one
-    is cut to its central ``max_pixels``.
-    """
-    from skimage.restoration import estimate_sigma
+    The noise comes from the finest diagonal wavelet details (``db2``), whose spread is the
+    noise's wherever the image is smooth. Their median absolute deviation (the estimator of
+    Donoho and Johnstone, as in ``skimage.restoration.estimate_sigma``) is taken in
+    ``NOISE_BANDS`` bands of equal size sorted by local brightness (the smoothed wavelet
+    approximation), and the noise's variance is the mean over the bands. With Gaussian noise
+    every band gives the same value; with shot (Poisson) noise, which grows with the
+    brightness, one median over all pixels reads the dim background's noise, and the bands
+    give the pixels' average: on the real nuclei sample with 20 / 10 / 5 photons at the top
+    of the range the ratio is 0.76 / 1.04 / 1.36 against a true 0.76 / 1.07 / 1.52 (one
+    median: 0.66 / 0.84 / 1.00). The signal's variance is what remains of the images'
+    variance once the noise's is taken off.
 
-    noise_var, weights, pieces = [], [], []
+    Returns noise std / signal std: about 0.2 for clean fluorescence nuclei, 1 where the
+    noise is as strong as the signal's contrast, ``inf`` where the images are noise only.
+    Each image counts with its pixels; a larger one is cut to its central ``max_pixels``.
+    """
+    import pywt
+
+    details, levels, pieces = [], [], []
     for image in images:
         x = np.asarray(image, dtype=np.float32)
         if x.size > max_pixels:
@@ -205,12 +218,23 @@ def noise_to_signal(images: Sequence[np.ndarray], max_pixels: int = 4_000_000) -
             ]
         if min(x.shape) < 2:
             continue
-        noise_var.append(float(estimate_sigma(x)) ** 2)
-        weights.append(x.size)
+        coeffs = pywt.dwtn(x, "db2")
+        details.append(coeffs["d" * x.ndim].ravel())
+        levels.append(ndi.uniform_filter(coeffs["a" * x.ndim], 3, mode="reflect").ravel())
         pieces.append(x.ravel())
     if not pieces:
         return 0.0
-    noise = float(np.average(noise_var, weights=weights))
+    detail = np.concatenate(details)
+    bands = max(1, min(NOISE_BANDS, detail.size // 64))
+    by_level = detail[np.argsort(np.concatenate(levels), kind="stable")]
+    noise = float(
+        np.mean(
+            [
+                (np.median(np.abs(b)) / 0.6744897501960817) ** 2
+                for b in np.array_split(by_level, bands)
+            ]
+        )
+    )
     signal = float(np.var(np.concatenate(pieces))) - noise
     if signal <= 1e-12:
         return math.inf
