@@ -285,6 +285,35 @@ def test_labels_outside_classes():
         labels_to_target(np.array([[0, 1, 5]]), "scribbles", 2)
 
 
+def test_scribble_values_that_are_not_classes(nuclei_2d):
+    """Values that leave classes unpainted, or an instance mask given as scribbles, would train
+    a network with classes it never saw: a clear error instead."""
+    _, noisy, truth = nuclei_2d
+
+    def train(labels, kind="scribbles", **options):
+        train_segmenter(
+            noisy, labels, labels_kind=kind, device="cpu", depth=2, base_channels=8,
+            **{**SEG, **options},
+        )  # fmt: skip
+
+    gap = np.zeros(noisy.shape, np.uint8)
+    gap[:10], gap[-10:] = 1, 5
+    with pytest.raises(InvalidInputError, match=r"value\(s\) 2, 3, 4 are not used but 5 is"):
+        train(gap, target="semantic")
+    # an instance segmenter learns background and objects from scribbles: an instance mask
+    # given as scribbles gets the hint, for the instance target and for many semantic classes
+    with pytest.raises(InvalidInputError, match="only 2 classes.*labels kind 'instances'"):
+        train(truth)
+    many = truth.copy()
+    many[:4, :] = np.arange(1, many.shape[1] + 1) % 40 + 1
+    with pytest.raises(InvalidInputError, match="40 different values.*labels kind 'instances'"):
+        train(many, target="semantic")
+    with pytest.raises(InvalidInputError, match="hold no object"):
+        train(np.zeros_like(truth), "instances")
+    with pytest.raises(InvalidInputError, match="no background"):
+        train(np.ones_like(truth), "instances")
+
+
 def test_encoder_of_other_dimensionality(nuclei_3d, denoiser):
     with pytest.raises(InvalidInputError, match="2D"):
         train_segmenter(

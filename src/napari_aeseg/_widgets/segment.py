@@ -51,6 +51,7 @@ from ..core.segmenter import (
     SegmenterModel,
     SegmenterTrainer,
     make_segmenter_config,
+    scribble_classes,
     shortened_note,
 )
 from ..core.tiling import Cancelled, TileProgress
@@ -1042,7 +1043,7 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
             )
         n_classes = None
         if not masks:
-            n_classes = max(2, int(labels.max())) if target == "semantic" else 2
+            n_classes = scribble_classes([labels], target)
         freeze = self.freeze_steps.value()
         training = {} if freeze < 0 else {"freeze_encoder_steps": freeze}
         if encoder is not None:

@@ -166,6 +166,20 @@ class SegmenterConfig(_Strict):
 
 
 # ------------------------------------------------------------------ labels -> targets
+#: more scribble classes than this are almost surely an instance mask given as scribbles
+MAX_SCRIBBLE_CLASSES = 32
+
+_AS_INSTANCES = "if these are instance masks, give them as such (labels kind 'instances')"
+
+
+def scribble_classes(labels: Sequence[np.ndarray], target: str) -> int:
+    """The number of classes scribbles train: background and objects for an instance
+    segmenter (values 1 and 2), the largest value for semantic classes."""
+    if target == "instances":
+        return 2
+    return max(2, max(int(np.max(lab)) if np.size(lab) else 0 for lab in labels))
+
+
 def labels_to_target(
     labels: np.ndarray,
     kind: LabelsKind,
@@ -206,6 +220,11 @@ def labels_to_target(
         raise InvalidInputError(
             f"scribbles contain the value {int(labels.max())} but only {n_classes} classes "
             f"exist (values 1..{n_classes}; 0 = not annotated)"
+            + (
+                f"; {_AS_INSTANCES}, or choose target 'semantic' for more classes"
+                if n_classes == 2
+                else f"; {_AS_INSTANCES}"
+            )
         )
     return target
 
@@ -218,8 +237,11 @@ def _continue_outward(labels: np.ndarray, region: np.ndarray) -> np.ndarray:
     return labels[tuple(idx)]
 
 
-def check_targets(targets: Sequence[np.ndarray], n_classes: int) -> np.ndarray:
-    """Counts of labeled pixels per class; errors for no labels or a single class."""
+def check_targets(
+    targets: Sequence[np.ndarray], n_classes: int, kind: LabelsKind = "scribbles"
+) -> np.ndarray:
+    """Counts of labeled pixels per class; errors for no labels, a single class, and scribble
+    classes without a pixel (values 1 and 5 would make five classes, three never seen)."""
     counts = np.zeros(n_classes, np.int64)
     for t in targets:
         vals, cnt = np.unique(t[t >= 0], return_counts=True)
@@ -230,10 +252,35 @@ def check_targets(targets: Sequence[np.ndarray], n_classes: int) -> np.ndarray:
             "instance masks"
         )
     present = np.flatnonzero(counts)
+    if kind == "instances":
+        if counts[1:].sum() == 0:
+            raise InvalidInputError(
+                "the instance masks hold no object (every labeled pixel is 0, background): "
+                "paint the objects, each with its own id"
+            )
+        if counts[0] == 0:
+            raise InvalidInputError(
+                "the instance masks have no background (no pixel is 0): label whole crops, "
+                "with the background between the objects as 0"
+            )
+        return counts
     if len(present) < 2:
         raise InvalidInputError(
             f"only label {int(present[0]) + 1} is annotated; annotate at least two classes "
             "(e.g. 1 = background and 2 = foreground)"
+        )
+    missing = np.flatnonzero(counts == 0) + 1
+    if n_classes > MAX_SCRIBBLE_CLASSES:
+        raise InvalidInputError(
+            f"the scribbles use {len(present)} different values (up to {n_classes}): scribbles "
+            f"are 1 = background, 2 = foreground, k + 1 = class k; {_AS_INSTANCES}"
+        )
+    if len(missing):
+        values = ", ".join(str(v) for v in missing[:8]) + (", ..." if len(missing) > 8 else "")
+        raise InvalidInputError(
+            f"scribble value(s) {values} are not used but {n_classes} is: classes are numbered "
+            f"1..{n_classes} without gaps (1 = background, 2 = foreground, k + 1 = class k), "
+            "so paint every class or renumber them"
         )
     return counts
 
@@ -582,7 +629,7 @@ class SegmenterTrainer:
             masks.append(
                 None if region is None else np.asarray(region, bool).reshape(targets[-1].shape)
             )
-        counts = check_targets(targets, config.n_classes)
+        counts = check_targets(targets, config.n_classes, config.labels_kind)
         if config.normalization is None:
             config.normalization = fit_normalization(internals)
         dims = config.architecture.spatial_dims
@@ -892,7 +939,7 @@ def train_segmenter(
     if encoder is not None and not isinstance(encoder, DenoiserModel):
         encoder = DenoiserModel.load(encoder)
     if options.get("labels_kind", "scribbles") == "scribbles" and options.get("n_classes") is None:
-        options["n_classes"] = max(2, max(int(np.max(lab)) for lab in labels))
+        options["n_classes"] = scribble_classes(labels, options.get("target", "instances"))
     config = make_segmenter_config(images[0].shape, encoder=encoder, **options)
     trainer = SegmenterTrainer(
         images, labels, config, encoder=encoder, device=device, regions=regions
