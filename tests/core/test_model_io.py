@@ -105,3 +105,58 @@ def test_saved_file_mode_follows_umask(model, tmp_path):
     finally:
         os.umask(old)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+def _rewrite(path, out, *, metadata=None, tensors=None):
+    """A copy of a model file with header fields (None: removed) or tensors replaced; the
+    checksum is recomputed for replaced tensors, as a run that saved them would have."""
+    from safetensors import safe_open
+    from safetensors.torch import save
+
+    from napari_aeseg.core.model_io import tensors_digest
+
+    with safe_open(str(path), framework="pt") as fh:
+        meta = dict(fh.metadata())
+        data = {k: fh.get_tensor(k) for k in fh.keys()}
+    if tensors:
+        data.update(tensors)
+        meta["sha256"] = tensors_digest(data)
+    meta.update(metadata or {})
+    meta = {k: v for k, v in meta.items() if v is not None}
+    out.write_bytes(save(data, metadata=meta))
+    return out
+
+
+def test_damaged_files_are_refused_with_a_reason(model, nuclei_2d, tmp_path):
+    """A damaged header or damaged weights give one clear error, never a traceback or a model
+    that quietly computes garbage."""
+    import json
+
+    path = model.save(tmp_path / "m.aeseg")
+    raw = bytearray(path.read_bytes())
+    raw[-5] ^= 0xFF  # a bit flip in the last tensor's bytes
+    (tmp_path / "flip.aeseg").write_bytes(bytes(raw))
+    with pytest.raises(ModelFileError, match="checksum"):
+        DenoiserModel.load(tmp_path / "flip.aeseg")
+    # a run that diverged and was saved as it was
+    name, weight = next((k, v) for k, v in model.network.state_dict().items() if v.dim() > 1)
+    nan = _rewrite(
+        path, tmp_path / "nan.aeseg", tensors={f"model/{name}": torch.full_like(weight, np.nan)}
+    )
+    with pytest.raises(ModelFileError, match="NaN or infinite"):
+        DenoiserModel.load(nan)
+    config = json.loads(model.config.model_dump_json())
+    config["architecture"]["depth"] = "deep"
+    cases = {
+        "training record": {"extra": '{"history": 5}'},
+        "not a JSON object": {"config": "[1, 2]"},
+        "not valid JSON": {"config": "{"},
+        "damaged: architecture.depth": {"config": json.dumps(config)},
+    }
+    for i, (message, header) in enumerate(cases.items()):
+        with pytest.raises(ModelFileError, match=message):
+            DenoiserModel.load(_rewrite(path, tmp_path / f"{i}.aeseg", metadata=header))
+    # files written before the checksum existed load as before
+    old = DenoiserModel.load(_rewrite(path, tmp_path / "old.aeseg", metadata={"sha256": None}))
+    _, noisy, _ = nuclei_2d
+    assert np.array_equal(old.denoise(noisy, device="cpu"), model.denoise(noisy, device="cpu"))

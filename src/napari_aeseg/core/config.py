@@ -217,8 +217,17 @@ def parse_config_json(cls, text: str):
     """Read a config from JSON, upgrading older format versions first."""
     import json
 
-    data = upgrade_config_dict(json.loads(text))
-    return cls.model_validate(data)
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise ValueError("the config in the file is not valid JSON (a damaged file?)") from None
+    if not isinstance(data, dict):
+        raise ValueError("the config in the file is not a JSON object (a damaged file?)")
+    data = upgrade_config_dict(data)
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        raise ValueError(f"the config in the file is damaged: {_one_line(exc)}") from None
 
 
 def upgrade_config_dict(data: dict) -> dict:

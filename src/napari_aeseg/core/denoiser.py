@@ -107,12 +107,22 @@ class TrainedModel:
             raise ModelFileError(
                 f"'{path}': the weights do not match the network described in the file"
             ) from None
+        if not all(bool(torch.isfinite(v).all()) for v in best.values() if v.is_floating_point()):
+            raise ModelFileError(
+                f"'{path}': the weights hold NaN or infinite values (a training run that "
+                "diverged, or a damaged file); train again, with a lower learning rate"
+            )
         extra = raw.extra
+        try:
+            history = [(int(s), float(t), float(v)) for s, t, v in extra.get("history", [])]
+            trained_steps = int(extra.get("trained_steps", 0))
+        except (TypeError, ValueError, AttributeError):
+            raise ModelFileError(f"'{path}': the training record in the file is damaged") from None
         return cls(
             config=config,
             network=network.eval(),
-            history=[tuple(r) for r in extra.get("history", [])],
-            trained_steps=int(extra.get("trained_steps", 0)),
+            history=history,
+            trained_steps=trained_steps,
             optimizer_state=raw.optimizer,
             last_weights=last or None,
             name=str(extra.get("name") or Path(path).stem),

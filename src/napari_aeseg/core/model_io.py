@@ -1,13 +1,16 @@
 """Model files: one safetensors file holding the weights and, in its header, the config as JSON.
 
 Nothing is ever unpickled: safetensors stores raw tensors and a JSON header, so loading a
-crafted file cannot run code. Saves are atomic: the bytes go to a temporary file in the
+crafted file cannot run code. The header holds a SHA-256 digest of the tensors, so a file
+damaged on disk or in transfer is refused rather than loaded with wrong weights (files
+written before the digest existed load without the check). Saves are atomic: the bytes go to a temporary file in the
 target folder, which then replaces the target in one rename, so an existing model is never
 left half-written.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -40,6 +43,10 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` through a temporary file and a rename."""
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise OutputError(f"cannot write '{path}': it is a folder; give a file name")
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"cannot write '{path}': '{folder}' is a file, not a folder")
     if not folder.is_dir():
         raise OutputError(f"cannot write '{path}': folder '{folder}' does not exist")
     try:
@@ -97,6 +104,16 @@ def _unflatten_optimizer(meta: dict, tensors: dict[str, torch.Tensor]) -> dict:
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over the tensors' names, dtypes, shapes and bytes, in name order."""
+    h = hashlib.sha256()
+    for key in sorted(tensors):
+        t = tensors[key].detach().cpu().contiguous()
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def save_model_file(path: str | os.PathLike, model: ModelFile) -> Path:
     """Save weights, config and (optionally) optimiser state to one safetensors file."""
     tensors = {f"model/{k}": v.detach().cpu().contiguous() for k, v in model.weights.items()}
@@ -111,6 +128,7 @@ def save_model_file(path: str | os.PathLike, model: ModelFile) -> Path:
         "config": model.config_json,
         "optimizer": json.dumps(meta_optim),
         "extra": json.dumps(model.extra),
+        "sha256": tensors_digest(tensors),
     }
     return atomic_write_bytes(path, safetensors_save(tensors, metadata=metadata))
 
@@ -118,6 +136,8 @@ def save_model_file(path: str | os.PathLike, model: ModelFile) -> Path:
 def read_model_file(path: str | os.PathLike) -> ModelFile:
     """Read a model file, refusing anything that is not a complete napari-aeseg model."""
     path = Path(path)
+    if path.is_dir():
+        raise ModelFileError(f"'{path}' is a folder, not a model file")
     if not path.is_file():
         raise ModelFileError(f"model file '{path}' does not exist")
     try:
@@ -133,6 +153,14 @@ def read_model_file(path: str | os.PathLike) -> ModelFile:
         extra = json.loads(metadata.get("extra", "{}"))
         kind = metadata["kind"]
         config_json = metadata["config"]
+        if not isinstance(extra, dict):
+            raise ValueError("its training record is damaged")
+        digest = metadata.get("sha256")
+        if digest is not None and digest != tensors_digest(tensors):
+            raise ModelFileError(
+                f"'{path}' is damaged: its weights do not match the checksum saved with them "
+                "(a broken copy or download?); use another copy of the model"
+            )
     except ModelFileError:
         raise
     except (SafetensorError, OSError, ValueError, KeyError, RuntimeError) as exc:
