@@ -192,6 +192,21 @@ def test_errors_are_one_line(files, model_file, capsys, tmp_path):
     assert "unknown device" in _error(
         capsys, ["denoise", str(model_file), noisy, "--out", str(tmp_path), "--device", "tpu"]
     )
+    assert "is a folder, not a model file" in _error(
+        capsys, ["denoise", str(tmp_path), noisy, "--out", str(tmp_path)]
+    )
+    (tmp_path / "text.npy").write_text("not an array")
+    err = _error(capsys, ["denoise", str(model_file), str(tmp_path / "text.npy"), "--out", "o"])
+    assert "never loaded" in err and "allow_pickle" not in err
+    broken = tmp_path / "broken.zarr"
+    broken.mkdir()
+    (broken / ".zarray").write_text("garbage")
+    assert "could not be read as a zarr array" in _error(
+        capsys, ["denoise", str(model_file), str(broken), "--out", str(tmp_path)]
+    )
+    assert "'afile' is a file" in _error(
+        capsys, ["train-denoiser", noisy, "--out", str(blocker / "m.aeseg"), *TINY]
+    ).replace(str(blocker), "afile")
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
@@ -355,6 +370,35 @@ def test_segmentation_commands(files, model_file, capsys, nuclei_2d, tmp_path):
             str(tmp_path / "x.aeseg"),
         ],
     )
+    # an instance mask given as scribbles; an output that is a folder, found before training
+    assert "labels kind 'instances'" in _error(
+        capsys,
+        ["train-segmenter", str(files / "noisy.tif"), "--labels", str(tmp_path / "truth.tif"),
+         "--out", str(tmp_path / "x.aeseg")],
+    )  # fmt: skip
+    assert "it is a folder" in _error(
+        capsys,
+        ["train-segmenter", str(files / "noisy.tif"), "--labels", str(tmp_path / "truth.tif"),
+         "--labels-kind", "instances", "--out", str(out)],
+    )  # fmt: skip
+    # a ground truth of another shape: refused before anything is written
+    fresh = tmp_path / "fresh"
+    assert "--truth" in _error(
+        capsys,
+        ["segment", str(seg), str(files / "noisy.tif"), "--out", str(fresh),
+         "--truth", str(tmp_path / "small.tif")],
+    )  # fmt: skip
+    assert not fresh.exists()
+    # predictions that are not label ids
+    tifffile.imwrite(tmp_path / "half.tif", truth * 0.5)
+    assert "fractional" in _error(
+        capsys, ["evaluate", str(tmp_path / "half.tif"), "--truth", str(tmp_path / "truth.tif")]
+    )
+    assert "threshold" in _error(
+        capsys,
+        ["evaluate", str(tmp_path / "truth.tif"), "--truth", str(tmp_path / "truth.tif"),
+         "--threshold", "2"],
+    )  # fmt: skip
 
 
 def test_train_segmenter_on_masks_in_marked_crops(files, capsys, nuclei_2d, tmp_path, two_crops):

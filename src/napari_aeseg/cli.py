@@ -278,6 +278,13 @@ def _check_output_file(path: str) -> None:
     from .core.errors import OutputError
 
     folder = Path(path).parent
+    if Path(path).is_dir():
+        raise OutputError(
+            f"cannot write '{path}': it is a folder; give a file name, e.g. "
+            f"'{Path(path) / 'model.aeseg'}'"
+        )
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"cannot write '{path}': '{folder}' is a file, not a folder")
     if not folder.is_dir():
         raise OutputError(f"cannot write '{path}': folder '{folder}' does not exist")
     if not os.access(folder, os.W_OK):
@@ -289,8 +296,8 @@ def _denoise(args) -> int:
     from .core.image_io import ensure_output_dir, read_image, write_tiff
 
     model = DenoiserModel.load(args.model)
-    out_dir = ensure_output_dir(args.out)
     files = [read_image(p) for p in args.images]  # fail before any work if one is unreadable
+    out_dir = ensure_output_dir(args.out)
     for f in files:
         axes = args.axes or (f.axes if f.axes and len(f.axes) == f.data.ndim else None)
         layout = model.check_layout(f.data.shape, axes)
@@ -335,7 +342,12 @@ def _run_with_bar(gen, desc: str, quiet: bool, unit: str = "tile"):
 def _train_segmenter(args) -> int:
     from .core.denoiser import DenoiserModel
     from .core.image_io import read_image
-    from .core.segmenter import SegmenterTrainer, make_segmenter_config, shortened_note
+    from .core.segmenter import (
+        SegmenterTrainer,
+        make_segmenter_config,
+        scribble_classes,
+        shortened_note,
+    )
 
     if len(args.labels) != len(args.images):
         raise InvalidInputError(
@@ -353,7 +365,7 @@ def _train_segmenter(args) -> int:
     axes = args.axes or files[0].axes
     n_classes = None
     if args.labels_kind == "scribbles":
-        n_classes = max(2, max(int(lab.max()) for lab in labels))
+        n_classes = scribble_classes(labels, args.target)
     config = make_segmenter_config(
         files[0].data.shape,
         encoder=encoder,
@@ -400,13 +412,32 @@ def _segment(args) -> int:
 
     model = SegmenterModel.load(args.model)
     denoiser = DenoiserModel.load(args.denoise_with) if args.denoise_with else None
-    out_dir = ensure_output_dir(args.out)
+    # every input is read and checked before anything is written
     files = [read_image(p) for p in args.images]
     truths = [read_image(p).data for p in args.truth] if args.truth else None
     if truths is not None and len(truths) != len(files):
         raise InvalidInputError("give one --truth file per image")
+    all_axes = []
     for i, f in enumerate(files):
         axes = args.axes or (f.axes if f.axes and len(f.axes) == f.data.ndim else None)
+        all_axes.append(axes)
+        if denoiser is not None:
+            try:
+                denoiser.check_layout(f.data.shape, axes)
+            except InvalidInputError as exc:
+                raise InvalidInputError(f"denoiser '{args.denoise_with}': {exc}") from None
+        layout = model.check_layout(f.data.shape, axes)
+        want = (
+            *[layout.shape[layout.axes.index(a)] for a in layout.sample_axes],
+            *layout.spatial_shape,
+        )
+        if truths is not None and tuple(truths[i].shape) != want:
+            raise InvalidInputError(
+                f"--truth {args.truth[i]} has shape {tuple(truths[i].shape)} but the labels of "
+                f"{f.path.name} have shape {want}"
+            )
+    out_dir = ensure_output_dir(args.out)
+    for i, (f, axes) in enumerate(zip(files, all_axes, strict=True)):
         data = f.data
         if denoiser is not None:
             data = _run_with_bar(

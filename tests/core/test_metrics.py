@@ -43,3 +43,21 @@ def test_hungarian_prevents_double_matching():
 def test_shape_mismatch():
     with pytest.raises(InvalidInputError, match="differs"):
         score_instances(np.zeros((4, 4)), np.zeros((5, 4)))
+
+
+def test_scores_refuse_what_is_not_labels():
+    truth = np.zeros((8, 8), np.uint16)
+    truth[2:5, 2:5] = 1
+    for pred, message in [
+        (truth * 0.5, "fractional"),
+        (np.where(truth > 0, np.nan, 0.0), "NaN"),
+        (truth.astype(np.int32) - 1, "negative"),
+    ]:
+        with pytest.raises(InvalidInputError, match=message):
+            score_instances(truth, pred)
+    for threshold in (0.0, 2.0, float("nan")):
+        with pytest.raises(InvalidInputError, match="threshold"):
+            score_instances(truth, truth, threshold=threshold)
+    # whole-number floats and boolean masks are labels
+    assert score_instances(truth, truth.astype(np.float32)).ap == 1.0
+    assert score_instances(truth, truth > 0).ap == 1.0

@@ -28,7 +28,7 @@ def read_image(path: str | os.PathLike) -> ImageFile:
     """Read a TIFF, PNG, JPEG, BMP or ``.npy`` file (never unpickles)."""
     path = Path(path)
     if not path.exists():
-        raise ImageReadError(f"image '{path}' does not exist")
+        raise ImageReadError(f"file '{path}' does not exist")
     if path.is_dir():
         if (
             (path / ".zarray").exists()
@@ -48,7 +48,15 @@ def read_image(path: str | os.PathLike) -> ImageFile:
                 axes = _tiff_axes(series.axes, data.ndim)
             return ImageFile(data, axes, path)
         if suffix == ".npy":
-            return ImageFile(np.load(path, allow_pickle=False), None, path)
+            try:
+                return ImageFile(np.load(path, allow_pickle=False), None, path)
+            except ValueError as exc:
+                if "pickle" not in str(exc):
+                    raise
+                raise ImageReadError(
+                    f"'{path}' is not a plain numeric .npy array (object arrays and other "
+                    "pickled data are never loaded)"
+                ) from None
         if suffix in (".png", ".jpg", ".jpeg", ".bmp"):
             import imageio.v3 as iio
 
@@ -61,7 +69,9 @@ def read_image(path: str | os.PathLike) -> ImageFile:
         ) from None
     except Exception as exc:  # third-party readers raise their own error types
         if type(exc).__module__.split(".")[0] in ("tifffile", "imageio", "PIL"):
-            raise ImageReadError(f"'{path}' could not be read as an image: {exc}") from None
+            raise ImageReadError(
+                f"'{path}' could not be read as an image (not a valid {suffix} file?)"
+            ) from None
         raise
     raise ImageReadError(
         f"'{path}' has an unsupported file type '{suffix}'; use one of "
@@ -76,18 +86,24 @@ def _read_zarr(path: Path) -> ImageFile:
         raise ImageReadError(
             f"'{path}' is a zarr folder; install zarr to read it (pip install zarr)"
         ) from None
-    node = zarr.open(str(path), mode="r")
-    if hasattr(node, "shape"):
-        return ImageFile(np.asarray(node), None, path)
-    arr = node["0"] if "0" in node else None
-    if arr is None:
-        raise ImageReadError(f"'{path}' holds no array named '0'")
-    axes = None
-    ms = node.attrs.get("multiscales")
-    if ms:
-        names = [a["name"] if isinstance(a, dict) else a for a in ms[0].get("axes", [])]
-        axes = "".join(n.upper() for n in names) or None
-    return ImageFile(np.asarray(arr), axes, path)
+    try:
+        node = zarr.open(str(path), mode="r")
+        if hasattr(node, "shape"):
+            return ImageFile(np.asarray(node), None, path)
+        arr = node["0"] if "0" in node else None
+        if arr is None:
+            raise ImageReadError(f"'{path}' holds no array named '0'")
+        axes = None
+        ms = node.attrs.get("multiscales")
+        if ms:
+            names = [a["name"] if isinstance(a, dict) else a for a in ms[0].get("axes", [])]
+            axes = "".join(n.upper() for n in names) or None
+        return ImageFile(np.asarray(arr), axes, path)
+    except ImageReadError:
+        raise
+    except Exception as exc:  # zarr and its codecs raise many kinds of errors
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ImageReadError(f"'{path}' could not be read as a zarr array: {detail}") from None
 
 
 def _tiff_axes(axes: str, ndim: int) -> str | None:

@@ -57,12 +57,34 @@ def iou_matrix(true: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return iou[np.ix_(t_keep, p_keep)], t_ids[t_keep], p_ids[p_keep]
 
 
+def _label_image(labels, what: str) -> np.ndarray:
+    """Integer labels (0 = background, ids > 0); floats only where they hold whole numbers."""
+    labels = np.asarray(labels)
+    if labels.dtype.kind == "b":
+        return labels.astype(np.uint8)
+    if labels.dtype.kind == "f":
+        if not np.isfinite(labels).all():
+            raise InvalidInputError(f"the {what} holds NaN or infinite values, not label ids")
+        if np.any(np.mod(labels, 1) != 0):
+            raise InvalidInputError(
+                f"the {what} holds fractional values (a probability map?); give label ids"
+            )
+        labels = labels.astype(np.int64)
+    elif labels.dtype.kind not in "iu":
+        raise InvalidInputError(f"the {what} must hold integer label ids, got {labels.dtype}")
+    if labels.size and labels.min() < 0:
+        raise InvalidInputError(f"the {what} holds negative values; labels are 0 or ids > 0")
+    return labels
+
+
 def score_instances(
     true: np.ndarray, pred: np.ndarray, *, threshold: float = 0.5
 ) -> SegmentationScores:
     """Compare an instance prediction to the ground truth (same shape, 0 = background)."""
-    true = np.asarray(true)
-    pred = np.asarray(pred)
+    if not 0.0 < threshold <= 1.0:  # also refuses NaN
+        raise InvalidInputError(f"the IoU threshold must lie in (0, 1], got {threshold}")
+    true = _label_image(true, "ground truth")
+    pred = _label_image(pred, "prediction")
     if true.shape != pred.shape:
         raise InvalidInputError(
             f"prediction shape {pred.shape} differs from ground-truth shape {true.shape}"
