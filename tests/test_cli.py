@@ -192,6 +192,14 @@ def test_errors_are_one_line(files, model_file, capsys, tmp_path):
     assert "unknown device" in _error(
         capsys, ["denoise", str(model_file), noisy, "--out", str(tmp_path), "--device", "tpu"]
     )
+    # options are named as the command line spells them
+    assert "--batch: Input should be greater than or equal to 1" in _error(
+        capsys,
+        ["train-denoiser", noisy, "--out", str(tmp_path / "m.aeseg"), *TINY, "--batch", "0"],
+    )
+    with pytest.raises(SystemExit):
+        main(["train-denoiser", noisy, "--out", str(tmp_path / "m.aeseg"), "--lr", "nan"])
+    assert "finite number" in capsys.readouterr().err
     assert "is a folder, not a model file" in _error(
         capsys, ["denoise", str(tmp_path), noisy, "--out", str(tmp_path)]
     )

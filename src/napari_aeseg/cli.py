@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -41,6 +42,14 @@ def _tile_value(text: str):
     return values[0] if len(values) == 1 else tuple(values)
 
 
+def _finite(text: str) -> float:
+    """A float option that refuses nan and inf (argparse's float takes them)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="aeseg",
@@ -68,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch", type=int, default=16)
     t.add_argument("--depth", type=int, default=2)
     t.add_argument("--channels", type=int, default=32, help="base channels of the network")
-    t.add_argument("--lr", type=float, default=1e-3, help="learning rate")
+    t.add_argument("--lr", type=_finite, default=1e-3, help="learning rate")
     t.add_argument("--optimizer", choices=["adam", "adamw", "sgd", "rmsprop"], default="adam")
     t.add_argument("--loss", choices=["mse", "l1"], default="mse")
     t.add_argument("--scheduler", choices=["cosine", "plateau", "constant"], default="cosine")
@@ -145,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--patch", type=int, default=64)
     s.add_argument("--batch", type=int, default=8)
-    s.add_argument("--lr", type=float, default=1e-3)
+    s.add_argument("--lr", type=_finite, default=1e-3)
     s.add_argument("--channels", type=int, default=32, help="base channels (no encoder only)")
     s.add_argument("--depth", type=int, default=2, help="depth (no encoder only)")
     _device_seed(s, seed=True)
@@ -174,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="AP@0.5, F1 and IoU of predictions against ground truth")
     e.add_argument("pred", nargs="+", metavar="PRED")
     e.add_argument("--truth", nargs="+", required=True, metavar="GT")
-    e.add_argument("--threshold", type=float, default=0.5, help="IoU threshold of a match")
+    e.add_argument("--threshold", type=_finite, default=0.5, help="IoU threshold of a match")
     e.add_argument("--json", action="store_true", help="print JSON")
 
     i = sub.add_parser("info", help="describe a model file")
@@ -550,13 +559,34 @@ COMMANDS = {
 }
 
 
+#: config fields as the command line names them, for validation messages ("batch_size: ...")
+OPTION_NAMES = {
+    "learning_rate": "--lr",
+    "patch_size_z": "--patch-z",
+    "patch_size": "--patch",
+    "batch_size": "--batch",
+    "base_channels": "--channels",
+    "depth": "--depth",
+    "steps": "--steps",
+}
+
+
+def _option_names(message: str) -> str:
+    """A validation message with the config's field names replaced by the options' names."""
+    import re
+
+    for field, option in OPTION_NAMES.items():
+        message = re.sub(rf"(^|; )(?:[\w.]+\.)?{field}: ", rf"\g<1>{option}: ", message)
+    return message
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     start = time.perf_counter()
     try:
         code = COMMANDS[args.command](args)
     except AesegError as exc:
-        print(f"aeseg {args.command}: error: {exc}", file=sys.stderr)
+        print(f"aeseg {args.command}: error: {_option_names(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"aeseg {args.command}: interrupted", file=sys.stderr)
