@@ -16,7 +16,8 @@ the rule before), with the noise-aware limit (the default now) and, with ``--dou
 with twice the fixed limit, and scores the held-out half (AP@0.5). Datasets are the
 benchmark's real and synthetic nuclei with Gaussian noise of a given fraction of their
 range added: ``real+noise0.1``, ``synthetic+noise0.4``... (``real+noise0.2`` is the
-benchmark's ``real+noise``, ``synthetic+noise0.1`` its ``synthetic``). Writes
+benchmark's ``real+noise``, ``synthetic+noise0.1`` its ``synthetic``), or with shot noise:
+``real+poisson5`` (5 photons at the top of the range). Writes
 ``results/noisy_limit.json`` (``--quick``: ``noisy_limit_quick.json``); rows already in the
 file are kept and not run again; ``--report`` prints the table of the file.
 
@@ -59,7 +60,8 @@ ALIASES = {"real+noise0.2": "real+noise", "synthetic+noise0.1": "synthetic"}
 
 
 def load(name: str) -> dict:
-    """``real``, ``synthetic``, or either with ``+noiseS`` (Gaussian noise, S of the range)."""
+    """``real``, ``synthetic``, or either with ``+noiseS`` (Gaussian noise, S of the range) or
+    ``+poissonP`` (shot noise, P photons at the top of the range)."""
     name = ALIASES.get(name, name)
     if name in ("real", "real+noise", "synthetic"):
         return load_datasets([name])[name]
@@ -67,13 +69,18 @@ def load(name: str) -> dict:
     from napari_aeseg.core.samples import load_sample
     from napari_aeseg.core.synthetic import synthetic_nuclei
 
-    base, _, sigma = name.partition("+noise")
-    sigma = float(sigma)
+    base, _, kind = name.partition("+")
+    if kind.startswith("noise"):
+        noise = {"gaussian": float(kind[len("noise") :])}
+    elif kind.startswith("poisson"):
+        noise = {"poisson": float(kind[len("poisson") :])}
+    else:
+        raise SystemExit(f"unknown dataset {name!r}")
     if base == "real":
         img = load_sample("nuclei_2d").astype(np.float32)
         gt = load_sample("nuclei_2d_labels")
         half = img.shape[1] // 2
-        noisy = add_noise(img, gaussian=sigma, seed=3)
+        noisy = add_noise(img, seed=3, **noise)
         return dict(
             train=noisy[:, :half], train_gt=gt[:, :half], test=noisy[:, half:], test_gt=gt[:, half:]
         )
@@ -81,9 +88,9 @@ def load(name: str) -> dict:
         raise SystemExit(f"unknown dataset {name!r}")
     tr, te = synthetic_nuclei((256, 256), seed=1), synthetic_nuclei((256, 256), seed=2)
     return dict(
-        train=add_noise(tr.clean, gaussian=sigma, seed=11, value_range=(0.0, 1.0)),
+        train=add_noise(tr.clean, seed=11, value_range=(0.0, 1.0), **noise),
         train_gt=tr.labels,
-        test=add_noise(te.clean, gaussian=sigma, seed=12, value_range=(0.0, 1.0)),
+        test=add_noise(te.clean, seed=12, value_range=(0.0, 1.0), **noise),
         test_gt=te.labels,
     )
 
