@@ -133,6 +133,12 @@ def test_multichannel(tiny):
         (np.full((64, 64), 3.0, np.float32), "YX", "constant"),
         (np.zeros((64, 64, 3), np.uint8), "YX", "RGB"),
         (np.zeros((64, 64), np.float32), "ZYX", "name 3 axes but the image has 2"),
+        # one 3D image among 2D ones: the error says which
+        (
+            [np.eye(64, dtype=np.float32), np.ones((8, 64, 64), np.float32)],
+            "YX",
+            "image 2: axes 'YX' name 2 axes but the image has 3",
+        ),
     ],
 )
 def test_bad_training_input(image, axes, message, tiny):

@@ -75,7 +75,14 @@ def prepare_training_data(
     internals = []
     for i, img in enumerate(images):
         img = check_image(img, name=f"image {i + 1}")
-        layout = Layout(check_axes_match(img.shape, axes), img.shape)
+        try:
+            layout = Layout(check_axes_match(img.shape, axes), img.shape)
+        except InvalidInputError as exc:
+            if len(images) == 1:
+                raise
+            raise InvalidInputError(
+                f"image {i + 1}: {exc} (all training images need the same axes)"
+            ) from None
         internals.append(layout.to_internal(img))
     ch = {x.shape[1] for x in internals}
     if len(ch) > 1:
