@@ -558,3 +558,58 @@ def test_a_short_dock_scrolls_and_keeps_whole_lines(qtbot, segment_viewer):
     assert hint.height() >= hint.heightForWidth(hint.width()) > 0
     assert scroll.horizontalScrollBar().maximum() == 0, "no sideways scrolling"
     assert scroll.viewport().width() >= widget.form_box.minimumSizeHint().width()
+
+
+def test_a_users_layer_named_like_an_output_is_never_touched(qtbot, segment_viewer, cells):
+    """Outputs are found by the mark the widget leaves on its own layers, not by name: a
+    user's layer called "noisy segmentation" stays as it is, and stays pickable."""
+    viewer, widget = segment_viewer
+    _, truth, scribbles = cells
+    mine = viewer.add_labels(truth.copy(), name=SEG_NAME)
+    assert SEG_NAME in [widget.labels_combo.itemText(i) for i in range(widget.labels_combo.count())]
+    paint(viewer, widget, scribbles)
+    widget.set_options(mode=INSTANT)
+    for _ in range(2):  # the second run updates the widget's own layer, adds nothing
+        widget.run_button.click()
+        wait_idle(qtbot, widget, timeout=60_000)
+    np.testing.assert_array_equal(mine.data, truth)
+    outputs = [ly for ly in viewer.layers if ly.metadata.get("napari_aeseg_output") == SEG_NAME]
+    assert len(outputs) == 1 and outputs[0] is not mine and outputs[0].name != SEG_NAME
+
+
+def test_instant_mode_refuses_instance_masks_as_scribbles(qtbot, segment_viewer, cells, shown):
+    viewer, widget = segment_viewer
+    _, truth, _ = cells
+    layer = widget.new_scribble_layer()
+    layer.data = truth.astype(np.uint16)
+    widget.set_options(mode=INSTANT)
+    widget.run_button.click()
+    wait_idle(qtbot, widget, timeout=60_000)
+    assert len(shown) == 1 and "instance masks" in shown[0], shown
+    # as semantic classes, values in the thousands would make a plane each: refused too
+    layer.data = np.where(truth > 0, 20_000, 1).astype(np.uint16)
+    widget.set_options(target="semantic")
+    widget.run_button.click()
+    wait_idle(qtbot, widget, timeout=60_000)
+    assert len(shown) == 2 and "at most 32 classes" in shown[1], shown
+    assert SEG_NAME not in viewer.layers
+
+
+def test_instant_classifier_on_a_stack_of_slices(qtbot, make_napari_viewer):
+    """A stack processed slice by slice (axes 'SYX', the hint for a 2D model on a stack) is
+    classified one slice at a time, the one shown, like a time series."""
+    slices = [synthetic_nuclei((64, 64), seed=i) for i in range(4)]
+    clean, labels = np.stack([s.clean for s in slices]), np.stack([s.labels for s in slices])
+    noisy = add_noise(clean, gaussian=0.15, seed=6, value_range=(0.0, 1.0))
+    viewer = make_napari_viewer()
+    viewer.add_image(noisy, name="stack")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-aeseg", "Segment")
+    widget.set_options(image="stack", mode=INSTANT, axes="SYX")
+    layer = widget.new_scribble_layer()
+    layer.data = np.stack([simulated_scribbles(lab, fraction=0.05, seed=1) for lab in labels])
+    viewer.dims.set_current_step(0, 2)
+    widget.run_button.click()
+    wait_idle(qtbot, widget, timeout=60_000)
+    seg = np.asarray(viewer.layers["stack segmentation"].data)
+    assert seg.shape == noisy.shape and not seg[0].any() and seg[2].any()
+    assert score_instances(labels[2], seg[2]).pixel_iou > 0.6

@@ -323,3 +323,45 @@ def test_denoise_widget_shows_the_axes_before_any_model(viewer_with_widgets):
     viewer, _, denoise = viewer_with_widgets(volume, name="stack")
     assert denoise.model() is None
     assert denoise.axes_edit.text() == "ZYX"  # the guess for the layer already there
+
+
+def test_users_layers_named_like_outputs_stay_untouched(viewer_with_widgets, nuclei):
+    """The preview and the denoised layer update only layers the widgets made themselves."""
+    _, noisy = nuclei
+    viewer, train, denoise = viewer_with_widgets()
+    mine_preview = viewer.add_image(np.zeros_like(noisy), name="noisy preview")
+    train.set_options(steps=10, preview_every=5)
+    train.start(sync=True)
+    model = train.model
+    mine_out = viewer.add_image(np.ones_like(noisy), name=output_name("noisy", model.name))
+    denoise.layer_combo.setCurrentText("noisy")
+    denoise.run(sync=True)
+    denoise.run(sync=True)
+    assert not np.asarray(mine_preview.data).any() and np.all(np.asarray(mine_out.data) == 1)
+    outputs = [ly for ly in viewer.layers if "napari_aeseg_output" in ly.metadata]
+    assert sorted(ly.metadata["napari_aeseg_output"] for ly in outputs) == sorted(
+        ["noisy preview", output_name("noisy", model.name)]
+    )
+    made = next(ly for ly in outputs if ly.metadata["napari_aeseg_output"] != "noisy preview")
+    np.testing.assert_allclose(made.data, model.denoise(noisy, device="cpu"), atol=1e-5)
+
+
+def test_results_for_a_closed_widget_are_dropped_quietly(qtbot, errors):
+    """A job that ends after its viewer closed has nowhere to show its result: no error
+    notification about deleted Qt objects."""
+    from qtpy import sip
+    from qtpy.QtWidgets import QProgressBar
+
+    from napari_aeseg._widgets._common import _reporting
+
+    class Owner(QProgressBar):
+        def show_it(self, value):
+            self.setValue(value)
+
+    owner = Owner()
+    handler = _reporting(owner.show_it)
+    handler(3)
+    assert owner.value() == 3
+    sip.delete(owner)
+    handler(4)
+    assert errors == []

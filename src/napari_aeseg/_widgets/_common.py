@@ -129,13 +129,32 @@ def start_job(
 def _reporting(handler: Callable[[Any], None]) -> Callable[[Any], None]:
     """A main-thread handler whose unexpected errors become a notification, not a crash."""
 
+    owner = getattr(handler, "__self__", None)
+
     def guarded(value: Any) -> None:
+        if _deleted(owner):  # the viewer closed while the job ran: nothing left to show
+            return
         try:
             handler(value)
         except Exception as exc:  # noqa: BLE001 - reported to the user and logged
+            if _deleted(owner) or "has been deleted" in str(exc):
+                log.debug("result of a job whose widget is gone: %s", exc)
+                return
             report_failure(exc, "Showing the result")
 
     return guarded
+
+
+def _deleted(widget) -> bool:
+    """Whether the Qt object behind ``widget`` is gone (its window closed)."""
+    if widget is None:
+        return False
+    try:
+        from qtpy import sip
+
+        return sip.isdeleted(widget)
+    except (ImportError, TypeError):
+        return False
 
 
 class WrappedLabel(QLabel):
@@ -306,6 +325,34 @@ PREVIEW_METADATA = {"napari_aeseg": "training preview"}
 
 def is_preview(layer) -> bool:
     return layer.metadata.get("napari_aeseg") == PREVIEW_METADATA["napari_aeseg"]
+
+
+#: ``layer.metadata`` key naming the output a layer holds ("nuclei segmentation"...): a run
+#: updates only layers it made, found by this mark, never a user's layer of the same name
+OUTPUT_KEY = "napari_aeseg_output"
+
+
+def output_layer(viewer, name: str):
+    """The layer this plugin made for the output ``name`` (also after a rename), or None."""
+    for layer in viewer.layers:
+        if layer.metadata.get(OUTPUT_KEY) == name:
+            return layer
+    return None
+
+
+def is_output(layer) -> bool:
+    return OUTPUT_KEY in layer.metadata
+
+
+def add_output(viewer, layer, name: str, index: int | None = None):
+    """Add ``layer`` as the output ``name`` (napari renames it if a user's layer has that
+    name), at ``index`` of the layer list or on top."""
+    layer.metadata[OUTPUT_KEY] = name
+    if index is None:
+        viewer.add_layer(layer)
+    else:
+        viewer.layers.insert(index, layer)
+    return layer
 
 
 class _FollowsLayers:

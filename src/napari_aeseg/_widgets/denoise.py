@@ -242,6 +242,7 @@ class DenoiseWidget(StopsWhenUndocked, QWidget):
         model = self.model()
         layer = self.layer_combo.layer()
         if model is None or layer is None:
+            self.status.setText("Not started: choose a model and an image layer.")
             show_error("Choose a model and an image layer first.")
             return
         data = layer_data(layer)
@@ -256,6 +257,7 @@ class DenoiseWidget(StopsWhenUndocked, QWidget):
                 "tta": self.tta_check.isChecked(),
             }
         except AesegError as exc:
+            self.status.setText(f"Not started: {str(exc).splitlines()[0]}")
             report_failure(exc, "Denoising")
             return
         self._target = (

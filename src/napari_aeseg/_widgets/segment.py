@@ -64,12 +64,15 @@ from ._common import (
     WorkerJob,
     WrappedLabel,
     _FollowsLayers,
+    add_output,
     ask_and_load_denoiser,
     ask_and_save_model,
     combo_box,
     format_seconds,
     guess_layer_axes,
+    is_output,
     layer_data,
+    output_layer,
     report_failure,
     row_widget,
     scrolling_layout,
@@ -309,8 +312,8 @@ def label_space(layer: Image, axes: str) -> dict:
 
 
 def _put(viewer, kind, name: str, data: np.ndarray, space: dict, **display):
-    """Update the layer ``name`` of type ``kind`` in place, or add it (once)."""
-    existing = viewer.layers[name] if name in viewer.layers else None
+    """Update the output layer ``name`` of type ``kind`` in place, or add it (once)."""
+    existing = output_layer(viewer, name)
     if isinstance(existing, kind) and existing.data.shape == data.shape:
         if not np.allclose(existing.scale, space["scale"]):
             existing.scale = space["scale"]
@@ -319,16 +322,11 @@ def _put(viewer, kind, name: str, data: np.ndarray, space: dict, **display):
         existing.data = data
         return existing
     index = None
-    if isinstance(existing, kind):  # ours, but another shape: replace it where it was
+    if existing is not None:  # ours, but of another shape or type: replace it where it was
         index = viewer.layers.index(existing)
         viewer.layers.remove(existing)
     make = Labels if kind is Labels else Image
-    layer = make(data, name=name, **space, **display)
-    if index is None:
-        viewer.add_layer(layer)
-    else:
-        viewer.layers.insert(index, layer)
-    return layer
+    return add_output(viewer, make(data, name=name, **space, **display), name, index)
 
 
 def _in_frame(
@@ -339,7 +337,7 @@ def _in_frame(
     With ``unique_ids`` (instance labels) the frame's object ids are shifted above those of
     the other frames, so that an id names one object in the whole series, not one per frame.
     """
-    existing = viewer.layers[name] if name in viewer.layers else None
+    existing = output_layer(viewer, name)
     if isinstance(existing, kind) and existing.data.shape == full_shape:
         full = np.array(existing.data, dtype=np.result_type(existing.data.dtype, dtype))
     else:
@@ -362,7 +360,9 @@ class LabelsLayerCombo(_FollowsLayers, QComboBox):
     """A dropdown of the viewer's Labels layers, or of another ``kind`` (optionally with a
     'none' entry)."""
 
-    def __init__(self, viewer, *, none: str | None = None, exclude=lambda name: False, kind=Labels):
+    def __init__(
+        self, viewer, *, none: str | None = None, exclude=lambda layer: False, kind=Labels
+    ):
         super().__init__()
         self._kind = kind
         self._none = none
@@ -373,9 +373,7 @@ class LabelsLayerCombo(_FollowsLayers, QComboBox):
 
     def _refresh(self) -> None:
         layers = [
-            ly
-            for ly in self._viewer.layers
-            if isinstance(ly, self._kind) and not self._exclude(ly.name)
+            ly for ly in self._viewer.layers if isinstance(ly, self._kind) and not self._exclude(ly)
         ]
         self._watch_names(layers)
         names = ([self._none] if self._none else []) + [ly.name for ly in layers]
@@ -456,7 +454,7 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         self.axes_edit.textEdited.connect(lambda *_: self._on_axes_changed())
         form.addRow("Axes", self.axes_edit)
 
-        self.labels_combo = LabelsLayerCombo(self.viewer, exclude=_is_output_name)
+        self.labels_combo = LabelsLayerCombo(self.viewer, exclude=is_output)
         self.labels_combo.setToolTip("The scribbles or instance masks to learn from")
         self.labels_combo.currentIndexChanged.connect(lambda *_: self._on_labels_changed())
         self.new_scribbles_button = QPushButton("New scribble layer")
@@ -561,7 +559,7 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         form.addRow(self.joint_check)
         self.device_combo = DeviceCombo()
         form.addRow("Device", self.device_combo)
-        self.truth_combo = LabelsLayerCombo(self.viewer, none=NO_TRUTH, exclude=_is_output_name)
+        self.truth_combo = LabelsLayerCombo(self.viewer, none=NO_TRUTH, exclude=is_output)
         self.truth_combo.setToolTip(
             "Optional ground truth: AP@0.5, F1 and IoU are shown after each result"
         )
@@ -774,7 +772,7 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
 
     def _on_axes_changed(self) -> None:
         self._forget_features()
-        frames = "T" in self.axes_edit.text().strip().upper()
+        frames = _frame_axis(self.axes_edit.text().strip().upper()) is not None
         self.live_check.setText(
             "Live update of the frame shown (refit after each stroke)"
             if frames
@@ -823,7 +821,9 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         self.loss_plot.setVisible(not instant)
         self.advanced.setVisible(True)
         self.run_button.setText("Update" if instant else "Train && Segment")
-        self.run_button.setToolTip(self._run_tip("T" in self.axes_edit.text().upper()))
+        self.run_button.setToolTip(
+            self._run_tip(_frame_axis(self.axes_edit.text().strip().upper()) is not None)
+        )
         self._idle_progress()
         self._on_labels_changed()
         self._update_buttons()
@@ -1093,24 +1093,31 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
     ):
         frame = None
         frame_axes = axes
-        if "T" in axes:
-            # one frame at a time: the one the viewer shows
-            t_axis = axes.index("T")
+        step = _frame_axis(axes)
+        if step is not None:
+            # one frame (time point or slice of a stack) at a time: the one the viewer shows
+            t_axis = axes.index(step)
             frame = int(self.viewer.dims.current_step[_world_axis(self.viewer, image, t_axis)])
-            frame = min(max(frame, 0), data.shape[axes.index("T")] - 1)
-            data = np.take(data, frame, axis=axes.index("T"))
-            t_labels = [a for a in axes if a != "C"].index("T")
+            frame = min(max(frame, 0), data.shape[t_axis] - 1)
+            data = np.take(data, frame, axis=t_axis)
+            t_labels = [a for a in axes if a != "C"].index(step)
             labels = np.take(labels, frame, axis=t_labels)
             if region is not None:
                 region = np.take(region, frame, axis=t_labels)
             if truth is not None and truth.ndim == len(self._target[3]):
                 truth = np.take(truth, frame, axis=t_labels)
-            frame_axes = axes.replace("T", "")
+            frame_axes = axes.replace(step, "")
             if not labels.any():
                 raise InvalidInputError(
                     f"no pixel is annotated in frame {frame}: the classifier learns from the "
                     "frame shown in the viewer; paint scribbles there"
                 )
+        if not masks and target == "instances" and labels.max() > 2:
+            raise InvalidInputError(
+                f"the scribbles hold the value {int(labels.max())}: for objects, scribbles are "
+                "1 = background and 2 = objects; if these are instance masks, choose 'Labels "
+                "are: instance masks', or target 'semantic' for more classes"
+            )
         if masks:
             labels = np.where(labels > 0, 2, 1).astype(np.uint8)
             if region is not None:
@@ -1228,7 +1235,7 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
             self._register(result.model)
         labels, prob, unc = result.labels, result.probability, result.uncertainty
         if frame is not None:
-            t = [a for a in axes if a != "C"].index("T")
+            t = [a for a in axes if a != "C"].index(_frame_axis(axes))
             labels = _in_frame(
                 self.viewer,
                 Labels,
@@ -1437,10 +1444,12 @@ def region_mask(shapes: Shapes, shape: tuple[int, ...], space: dict) -> np.ndarr
     return mask
 
 
+def _frame_axis(axes: str) -> str | None:
+    """The axis the instant classifier steps along, one frame at a time: time, else the
+    sample axis of a stack processed slice by slice."""
+    return "T" if "T" in axes else "S" if "S" in axes else None
+
+
 def _world_axis(viewer, layer, data_axis: int) -> int:
     """The viewer dimension that shows ``data_axis`` of ``layer`` (layers align to the end)."""
     return viewer.dims.ndim - layer.ndim + data_axis
-
-
-def _is_output_name(name: str) -> bool:
-    return name.endswith((" segmentation",))

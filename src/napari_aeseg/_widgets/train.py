@@ -42,12 +42,14 @@ from ._common import (
     StopsWhenUndocked,
     WorkerJob,
     WrappedLabel,
+    add_output,
     ask_and_load_denoiser,
     ask_and_save_model,
     combo_box,
     format_seconds,
     guess_layer_axes,
     layer_data,
+    output_layer,
     report_failure,
     row_widget,
     scrolling_layout,
@@ -212,7 +214,7 @@ def as_display(image: np.ndarray, display: dict) -> np.ndarray:
 def show_result_layer(viewer, name: str, image: np.ndarray, metadata: dict, display: dict):
     """Update the image layer called ``name`` in place, or add it once."""
     image = as_display(image, display)
-    existing = viewer.layers[name] if name in viewer.layers else None
+    existing = output_layer(viewer, name)
     if (
         isinstance(existing, Image)
         and existing.rgb == display["rgb"]
@@ -227,7 +229,11 @@ def show_result_layer(viewer, name: str, image: np.ndarray, metadata: dict, disp
         return existing
     kwargs = {k: v for k, v in metadata.items() if k not in ("units", "axis_labels")}
     extra = {k: metadata[k] for k in ("units", "axis_labels") if k in metadata}
-    layer = viewer.add_image(
+    index = None
+    if existing is not None:  # ours, but no longer fits: replace it where it was
+        index = viewer.layers.index(existing)
+        viewer.layers.remove(existing)
+    layer = Image(
         image,
         name=name,
         rgb=display["rgb"],
@@ -235,6 +241,7 @@ def show_result_layer(viewer, name: str, image: np.ndarray, metadata: dict, disp
         **({"colormap": display["colormap"]} if display["colormap"] is not None else {}),
         **kwargs,
     )
+    add_output(viewer, layer, name, index)
     for key, value in extra.items():
         try:
             setattr(layer, key, value)
@@ -568,6 +575,7 @@ class TrainDenoiserWidget(StopsWhenUndocked, QWidget):
             return
         layers = self.layer_list.layers()
         if not layers:
+            self.status.setText("Not started: no image layer is ticked.")
             show_error("Choose at least one image layer to train on.")
             return
         datas = [layer_data(ly) for ly in layers]
@@ -582,6 +590,7 @@ class TrainDenoiserWidget(StopsWhenUndocked, QWidget):
             device = self.device_combo.device()
             resolve_device(device)
         except AesegError as exc:
+            self.status.setText(f"Not started: {str(exc).splitlines()[0]}")
             report_failure(exc, "Training")
             return
         name = self.name_edit.text().strip() or f"{layers[0].name}-{config.mode}"
@@ -632,6 +641,7 @@ class TrainDenoiserWidget(StopsWhenUndocked, QWidget):
             model = self._loaded_model
             layers = self.layer_list.layers()
             if not layers:
+                self.status.setText("Not continued: no image layer is ticked.")
                 show_error("Choose the image layer(s) to continue training on.")
                 return
             job = TrainingJob()
@@ -650,6 +660,7 @@ class TrainDenoiserWidget(StopsWhenUndocked, QWidget):
             )
             self.loss_plot.set_history(model.history)
         else:
+            self.status.setText("Not continued: no model to continue.")
             show_error("Nothing to continue: start a training or load a model first.")
             return
         self._run(job, gen, total=total, sync=sync)
@@ -694,7 +705,9 @@ class TrainDenoiserWidget(StopsWhenUndocked, QWidget):
         screen): adding a layer stalls the main thread far longer than updating one, and
         this way that happens when the user presses Start, not in the middle of training."""
         region = self._preview_region
-        if region is None or crop is None or f"{region.layer_name} preview" in self.viewer.layers:
+        if region is None or crop is None:
+            return
+        if output_layer(self.viewer, f"{region.layer_name} preview") is not None:
             return
         show_result_layer(
             self.viewer,

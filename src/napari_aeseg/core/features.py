@@ -107,6 +107,10 @@ def classic_features(image: np.ndarray, *, axes: str = "YX") -> np.ndarray:
     return np.moveaxis(np.concatenate(feats, axis=-1), -1, 0).astype(np.float32)
 
 
+#: the classifier gives one probability plane per value up to the largest painted one
+MAX_CLASSES = 32
+
+
 @dataclass
 class PixelClassifier:
     """A random forest on per-pixel features, fitted on scribbles (0 = not annotated).
@@ -145,6 +149,13 @@ class PixelClassifier:
             raise InvalidInputError(
                 f"only label {int(classes[0])} is annotated; paint at least two classes "
                 "(e.g. 1 = background and 2 = foreground)"
+            )
+        if classes.max() > MAX_CLASSES:
+            raise InvalidInputError(
+                f"the scribbles use values up to {int(classes.max())}: scribbles are "
+                "1 = background, 2 = foreground, k + 1 = class k (at most "
+                f"{MAX_CLASSES} classes); if these are instance masks, give them as such "
+                "(labels kind 'instances')"
             )
         rng = np.random.default_rng(self.seed)
         if len(labeled) > self.max_samples:
