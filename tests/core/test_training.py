@@ -155,6 +155,10 @@ def test_model_refuses_wrong_dims_and_channels(nuclei_2d, nuclei_3d, tiny):
         model.denoise(np.zeros((32, 32, 3), np.float32), axes="YXC")
     # the hint works: slice by slice
     assert model.denoise(nuclei_3d[1][:2], axes="SYX", device="cpu").shape == (2, 64, 64)
+    # a 3D model on a time series: the message says which axes are not spatial
+    model3d = _train(nuclei_3d[1], tiny, steps=1, axes="ZYX", patch_size_z=8)
+    with pytest.raises(InvalidInputError, match=r"2D in space \(axes 'TYX', T not spatial\)"):
+        model3d.denoise(nuclei_3d[1], axes="TYX")
 
 
 def test_stop_before_run_is_kept_and_best_model_is_cheap(nuclei_2d, tiny):

@@ -144,11 +144,18 @@ class TrainedModel:
                 " To process a stack slice by slice with a 2D model, call its Z axis S "
                 f"(axes '{axes.replace('Z', 'S')}')."
                 if dims == 2
-                else ""
+                else (
+                    " If the image is a volume, name its depth axis Z (axes "
+                    f"'{axes.replace('S' if 'S' in axes else 'T', 'Z', 1)}')."
+                    if {"S", "T"} & set(axes) and "Z" not in axes
+                    else ""
+                )
             )
+            others = "".join(a for a in axes if a not in layout.spatial_axes + "C")
+            space = f"{layout.spatial_dims}D in space" if others else f"{layout.spatial_dims}D"
             raise InvalidInputError(
                 f"the model is {dims}D (trained on axes '{self.config.axes}') but the image is "
-                f"{layout.spatial_dims}D (axes '{axes}').{hint}"
+                f"{space} (axes '{axes}'{f', {others} not spatial' if others else ''}).{hint}"
             )
         channels = self.config.architecture.in_channels
         if layout.channels != channels:
