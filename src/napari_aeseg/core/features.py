@@ -22,6 +22,7 @@ from .data import Layout, check_axes_match, check_image
 from .denoiser import DenoiserModel
 from .devices import resolve_device
 from .errors import InvalidInputError
+from .segmenter import MAX_SCRIBBLE_CLASSES
 from .tiling import iter_predict_tiled, run_generator
 
 #: refuse feature stacks larger than this (bytes); features are held in memory
@@ -107,10 +108,6 @@ def classic_features(image: np.ndarray, *, axes: str = "YX") -> np.ndarray:
     return np.moveaxis(np.concatenate(feats, axis=-1), -1, 0).astype(np.float32)
 
 
-#: the classifier gives one probability plane per value up to the largest painted one
-MAX_CLASSES = 32
-
-
 @dataclass
 class PixelClassifier:
     """A random forest on per-pixel features, fitted on scribbles (0 = not annotated).
@@ -150,11 +147,12 @@ class PixelClassifier:
                 f"only label {int(classes[0])} is annotated; paint at least two classes "
                 "(e.g. 1 = background and 2 = foreground)"
             )
-        if classes.max() > MAX_CLASSES:
+        # one probability plane per value up to the largest painted one
+        if classes.max() > MAX_SCRIBBLE_CLASSES:
             raise InvalidInputError(
                 f"the scribbles use values up to {int(classes.max())}: scribbles are "
                 "1 = background, 2 = foreground, k + 1 = class k (at most "
-                f"{MAX_CLASSES} classes); if these are instance masks, give them as such "
+                f"{MAX_SCRIBBLE_CLASSES} classes); if these are instance masks, give them as such "
                 "(labels kind 'instances')"
             )
         rng = np.random.default_rng(self.seed)
