@@ -29,5 +29,7 @@ def read_models(path: str | os.PathLike | list, **_) -> list[tuple]:
 
     paths = path if isinstance(path, list | tuple) else [path]
     for p in paths:
-        SESSION.add_model(load_model(p))
+        model = load_model(p)
+        if SESSION.find_same(model) is None:  # the same file dropped again adds nothing
+            SESSION.add_model(model)
     return [(None,)]

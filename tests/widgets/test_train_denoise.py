@@ -204,6 +204,8 @@ def test_save_then_load_in_a_new_viewer(
     monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *a, **k: (str(saved), ""))
     denoise2.load_button.click()
     assert denoise2.model_names() == ["noisy-n2v"]
+    denoise2.load_button.click()  # the same file again: the model already loaded is used
+    assert denoise2.model_names() == ["noisy-n2v"]
     denoise2.run_button.click()
     wait_idle(qtbot, denoise2)
     second = np.asarray(viewer2.layers[output_name("noisy", "noisy-n2v")].data)

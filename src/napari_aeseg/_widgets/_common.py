@@ -569,7 +569,14 @@ def ask_and_load_denoiser(parent: QWidget):
     if path is None:
         return None
     try:
-        return DenoiserModel.load(path)
+        model = DenoiserModel.load(path)
     except AesegError as exc:
         report_failure(exc, "Loading the model")
         return None
+    from .session import SESSION
+
+    same = SESSION.find_same(model)
+    if same is not None:  # the same file again: use the model already loaded
+        show_info(f"'{Path(path).name}' is loaded already, as '{same}'.")
+        return SESSION.get(same)
+    return model

@@ -47,6 +47,14 @@ class ModelSession:
         self.changed.emit(name)
         return name
 
+    def find_same(self, model: TrainedModel) -> str | None:
+        """The name of a registered model equal to ``model`` (same kind, config, steps and
+        weights: the same file loaded again), or None."""
+        for name, other in self._models.items():
+            if other is model or _same_model(other, model):
+                return name
+        return None
+
     def get(self, name: str) -> TrainedModel:
         """The model registered as ``name``; ``KeyError`` lists the known names."""
         try:
@@ -74,6 +82,15 @@ class ModelSession:
 
     def __len__(self) -> int:
         return len(self._models)
+
+
+def _same_model(a: TrainedModel, b: TrainedModel) -> bool:
+    if type(a) is not type(b) or a.trained_steps != b.trained_steps or a.config != b.config:
+        return False
+    import torch
+
+    sa, sb = a.network.state_dict(), b.network.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 #: The registry of this Python process (one napari session).
