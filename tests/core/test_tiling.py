@@ -106,6 +106,9 @@ def test_input_is_never_modified():
 def test_bad_tile_size():
     with pytest.raises(InvalidInputError, match="at least 4"):
         _predict(_net(), np.zeros((1, 32, 32), np.float32), tile=2)
+    # an overlap over half the tile is refused, not quietly lowered
+    with pytest.raises(InvalidInputError, match="use at most 16"):
+        _predict(_net(), np.zeros((1, 64, 64), np.float32), tile=32, overlap=20)
 
 
 def test_flip_averaging_is_the_mean_of_mirrored_predictions():
