@@ -300,16 +300,33 @@ def _check_output_file(path: str) -> None:
         raise OutputError(f"cannot write '{path}': folder '{folder}' is not writable")
 
 
+def _check_tiling(model, layout, args) -> None:
+    """Refuse bad ``--tile`` / ``--overlap`` values for an image before any work is done."""
+    from .core.devices import resolve_device
+    from .core.tiling import resolve_tiling
+
+    resolve_tiling(
+        layout.spatial_shape,
+        tile=args.tile,
+        overlap=args.overlap,
+        divisor=model.config.architecture.divisor,
+        device=resolve_device(args.device),
+    )
+
+
 def _denoise(args) -> int:
     from .core.denoiser import DenoiserModel
     from .core.image_io import ensure_output_dir, read_image, write_tiff
 
     model = DenoiserModel.load(args.model)
     files = [read_image(p) for p in args.images]  # fail before any work if one is unreadable
-    out_dir = ensure_output_dir(args.out)
+    layouts = []
     for f in files:
         axes = args.axes or (f.axes if f.axes and len(f.axes) == f.data.ndim else None)
-        layout = model.check_layout(f.data.shape, axes)
+        layouts.append(model.check_layout(f.data.shape, axes))
+        _check_tiling(model, layouts[-1], args)
+    out_dir = ensure_output_dir(args.out)
+    for f, layout in zip(files, layouts, strict=True):
         result = _run_with_bar(
             model.iter_denoise(
                 f.data,
@@ -432,10 +449,11 @@ def _segment(args) -> int:
         all_axes.append(axes)
         if denoiser is not None:
             try:
-                denoiser.check_layout(f.data.shape, axes)
+                _check_tiling(denoiser, denoiser.check_layout(f.data.shape, axes), args)
             except InvalidInputError as exc:
                 raise InvalidInputError(f"denoiser '{args.denoise_with}': {exc}") from None
         layout = model.check_layout(f.data.shape, axes)
+        _check_tiling(model, layout, args)
         want = (
             *[layout.shape[layout.axes.index(a)] for a in layout.sample_axes],
             *layout.spatial_shape,

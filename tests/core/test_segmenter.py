@@ -300,6 +300,15 @@ def test_scribble_values_that_are_not_classes(nuclei_2d):
     gap[:10], gap[-10:] = 1, 5
     with pytest.raises(InvalidInputError, match=r"value\(s\) 2, 3, 4 are not used but 5 is"):
         train(gap, target="semantic")
+    with pytest.raises(InvalidInputError, match=r"value\(s\) 2, 3, 4 are not used but 5 is"):
+        train(gap, target="semantic", n_classes=6)
+    # classes above the largest painted value may be asked for explicitly (painted later)
+    two = np.where(gap == 5, 2, gap).astype(np.uint8)
+    seg = train_segmenter(
+        noisy, two, target="semantic", n_classes=3, device="cpu", depth=2, base_channels=8,
+        **{**SEG, "steps": 1},
+    )  # fmt: skip
+    assert seg.config.n_classes == 3
     # an instance segmenter learns background and objects from scribbles: an instance mask
     # given as scribbles gets the hint, for the instance target and for many semantic classes
     with pytest.raises(InvalidInputError, match="only 2 classes.*labels kind 'instances'"):

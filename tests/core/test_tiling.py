@@ -109,6 +109,8 @@ def test_bad_tile_size():
     # an overlap over half the tile is refused, not quietly lowered
     with pytest.raises(InvalidInputError, match="use at most 16"):
         _predict(_net(), np.zeros((1, 64, 64), np.float32), tile=32, overlap=20)
+    # an axis that fits in one tile uses no overlap: nothing to refuse
+    _predict(_net(), np.zeros((1, 24, 24), np.float32), tile=32, overlap=20)
 
 
 def test_flip_averaging_is_the_mean_of_mirrored_predictions():

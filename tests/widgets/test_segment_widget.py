@@ -575,6 +575,21 @@ def test_a_users_layer_named_like_an_output_is_never_touched(qtbot, segment_view
     np.testing.assert_array_equal(mine.data, truth)
     outputs = [ly for ly in viewer.layers if ly.metadata.get("napari_aeseg_output") == SEG_NAME]
     assert len(outputs) == 1 and outputs[0] is not mine and outputs[0].name != SEG_NAME
+    # a copy of the output (napari's Duplicate copies the metadata) is the user's: offered
+    # as labels, and kept when the output itself is gone and the widget runs again
+    out = outputs[0]
+    copy = viewer.add_labels(np.array(out.data), name="corrected", metadata=dict(out.metadata))
+    offered = [widget.labels_combo.itemText(i) for i in range(widget.labels_combo.count())]
+    assert "corrected" in offered and out.name not in offered
+    viewer.layers.remove(out)
+    before = np.array(copy.data)
+    widget.run_button.click()
+    wait_idle(qtbot, widget, timeout=60_000)
+    np.testing.assert_array_equal(copy.data, before)
+    from napari_aeseg._widgets._common import output_layer
+
+    new = output_layer(viewer, SEG_NAME)
+    assert new is not None and new.name != "corrected" and new.data.shape == truth.shape
 
 
 def test_instant_mode_refuses_instance_masks_as_scribbles(qtbot, segment_viewer, cells, shown):

@@ -137,7 +137,9 @@ def _reporting(handler: Callable[[Any], None]) -> Callable[[Any], None]:
         try:
             handler(value)
         except Exception as exc:  # noqa: BLE001 - reported to the user and logged
-            if _deleted(owner) or "has been deleted" in str(exc):
+            if _deleted(owner) or any(
+                m in str(exc) for m in ("has been deleted", "already deleted")
+            ):
                 log.debug("result of a job whose widget is gone: %s", exc)
                 return
             report_failure(exc, "Showing the result")
@@ -153,6 +155,12 @@ def _deleted(widget) -> bool:
         from qtpy import sip
 
         return sip.isdeleted(widget)
+    except (ImportError, TypeError):
+        pass
+    try:  # PySide
+        import shiboken6
+
+        return not shiboken6.isValid(widget)
     except (ImportError, TypeError):
         return False
 
@@ -327,27 +335,31 @@ def is_preview(layer) -> bool:
     return layer.metadata.get("napari_aeseg") == PREVIEW_METADATA["napari_aeseg"]
 
 
-#: ``layer.metadata`` key naming the output a layer holds ("nuclei segmentation"...): a run
-#: updates only layers it made, found by this mark, never a user's layer of the same name
+#: ``layer.metadata`` keys naming the output a layer holds ("nuclei segmentation"...) and
+#: the layer's own ``unique_id``: a run updates only layers it made, found by this mark, never
+#: a user's layer of the same name, nor a copy the user made of an output (napari copies the
+#: metadata, not the id)
 OUTPUT_KEY = "napari_aeseg_output"
+OUTPUT_ID_KEY = "napari_aeseg_output_layer"
+
+
+def is_output(layer) -> bool:
+    return layer.metadata.get(OUTPUT_ID_KEY) == str(layer.unique_id)
 
 
 def output_layer(viewer, name: str):
     """The layer this plugin made for the output ``name`` (also after a rename), or None."""
     for layer in viewer.layers:
-        if layer.metadata.get(OUTPUT_KEY) == name:
+        if is_output(layer) and layer.metadata.get(OUTPUT_KEY) == name:
             return layer
     return None
-
-
-def is_output(layer) -> bool:
-    return OUTPUT_KEY in layer.metadata
 
 
 def add_output(viewer, layer, name: str, index: int | None = None):
     """Add ``layer`` as the output ``name`` (napari renames it if a user's layer has that
     name), at ``index`` of the layer list or on top."""
     layer.metadata[OUTPUT_KEY] = name
+    layer.metadata[OUTPUT_ID_KEY] = str(layer.unique_id)
     if index is None:
         viewer.add_layer(layer)
     else:

@@ -1094,6 +1094,11 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         frame = None
         frame_axes = axes
         step = _frame_axis(axes)
+        if {"T", "S"} <= set(axes):
+            raise InvalidInputError(
+                f"the instant classifier works on one frame at a time, and axes '{axes}' have "
+                "both T and S: fine-tune a network instead, or segment one stack at a time"
+            )
         if step is not None:
             # one frame (time point or slice of a stack) at a time: the one the viewer shows
             t_axis = axes.index(step)

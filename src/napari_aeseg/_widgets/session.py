@@ -90,7 +90,10 @@ def _same_model(a: TrainedModel, b: TrainedModel) -> bool:
     import torch
 
     sa, sb = a.network.state_dict(), b.network.state_dict()
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    # a model that ran on a GPU keeps its weights there: compare on the CPU
+    return sa.keys() == sb.keys() and all(
+        torch.equal(sa[k].detach().cpu(), sb[k].detach().cpu()) for k in sa
+    )
 
 
 #: The registry of this Python process (one napari session).

@@ -143,7 +143,7 @@ class TrainedModel:
             hint = (
                 " To process a stack slice by slice with a 2D model, call its Z axis S "
                 f"(axes '{axes.replace('Z', 'S')}')."
-                if dims == 2
+                if dims == 2 and "S" not in axes
                 else (
                     " If the image is a volume, name its depth axis Z (axes "
                     f"'{axes.replace('S' if 'S' in axes else 'T', 'Z', 1)}')."

@@ -63,6 +63,8 @@ def read_image(path: str | os.PathLike) -> ImageFile:
             data = np.asarray(iio.imread(path))
             axes = "YXC" if data.ndim == 3 else None
             return ImageFile(data, axes, path)
+    except ImageReadError:
+        raise
     except (OSError, ValueError, SyntaxError) as exc:
         raise ImageReadError(
             f"'{path}' could not be read as an image: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"

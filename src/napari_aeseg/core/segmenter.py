@@ -269,7 +269,8 @@ def check_targets(
             f"only label {int(present[0]) + 1} is annotated; annotate at least two classes "
             "(e.g. 1 = background and 2 = foreground)"
         )
-    missing = np.flatnonzero(counts == 0) + 1
+    top = int(present[-1]) + 1  # the largest value painted
+    missing = np.flatnonzero(counts[:top] == 0) + 1
     if n_classes > MAX_SCRIBBLE_CLASSES:
         raise InvalidInputError(
             f"the scribbles use {len(present)} different values (up to {n_classes}): scribbles "
@@ -278,8 +279,8 @@ def check_targets(
     if len(missing):
         values = ", ".join(str(v) for v in missing[:8]) + (", ..." if len(missing) > 8 else "")
         raise InvalidInputError(
-            f"scribble value(s) {values} are not used but {n_classes} is: classes are numbered "
-            f"1..{n_classes} without gaps (1 = background, 2 = foreground, k + 1 = class k), "
+            f"scribble value(s) {values} are not used but {top} is: classes are numbered "
+            f"1..{top} without gaps (1 = background, 2 = foreground, k + 1 = class k), "
             "so paint every class or renumber them"
         )
     return counts

@@ -133,9 +133,9 @@ def resolve_tiling(
         raise InvalidInputError(f"tile size must be at least {divisor} (the network's divisor)")
     tiles = tuple(t // divisor * divisor for t in tiles)
     ovs = auto_overlap(dims, divisor) if overlap == "auto" else _per_axis(overlap, dims, "overlap")
-    if tile != "auto" and overlap != "auto":
-        for t, o in zip(tiles, ovs, strict=True):
-            if o > t // 2:
+    if overlap != "auto":
+        for n, t, o in zip(spatial_shape, tiles, ovs, strict=True):
+            if n > t and o > t // 2:  # (an axis that fits in one tile has no overlap)
                 raise InvalidInputError(
                     f"an overlap of {o} is more than half the tile size {t}: use at most "
                     f"{t // 2}, or a larger tile"
