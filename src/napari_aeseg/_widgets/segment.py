@@ -245,7 +245,7 @@ class SegmentJob(WorkerJob):
             classifier = PixelClassifier().fit(features, scribbles)
             probs = classifier.predict_proba(features)
             if target == "instances":
-                # one foreground class however many object classes were painted
+                # background and objects: scribbles 1 and 2 (values above 2 are refused)
                 probs = np.stack([probs[0], probs[1:].sum(axis=0)])
                 labels = instances_from_probabilities(probs, threshold=threshold, min_size=min_size)
             else:
