@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,11 +18,16 @@ IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp", ".npy")
 
 @dataclass(frozen=True)
 class ImageFile:
-    """An image read from disk: data and, when the file says so, its axes."""
+    """An image read from disk: data and, when the file says so, its axes and voxel size.
+
+    ``spacing`` maps the spatial axes the file calibrates ('Z', 'Y', 'X') to their physical
+    size in the file's unit (micrometres when the file mixes units), or is ``None``.
+    """
 
     data: np.ndarray
     axes: str | None
     path: Path
+    spacing: dict[str, float] | None = None
 
 
 def read_image(path: str | os.PathLike) -> ImageFile:
@@ -46,7 +52,8 @@ def read_image(path: str | os.PathLike) -> ImageFile:
                 series = tif.series[0]
                 data = series.asarray()
                 axes = _tiff_axes(series.axes, data.ndim)
-            return ImageFile(data, axes, path)
+                spacing = _quietly(_tiff_spacing, tif, axes)
+            return ImageFile(data, axes, path, spacing)
         if suffix == ".npy":
             try:
                 return ImageFile(np.load(path, allow_pickle=False), None, path)
@@ -95,17 +102,180 @@ def _read_zarr(path: Path) -> ImageFile:
         arr = node["0"] if "0" in node else None
         if arr is None:
             raise ImageReadError(f"'{path}' holds no array named '0'")
-        axes = None
+        axes = spacing = None
         ms = node.attrs.get("multiscales")
         if ms:
             names = [a["name"] if isinstance(a, dict) else a for a in ms[0].get("axes", [])]
             axes = "".join(n.upper() for n in names) or None
-        return ImageFile(np.asarray(arr), axes, path)
+            spacing = _quietly(_zarr_spacing, ms[0])
+        return ImageFile(np.asarray(arr), axes, path, spacing)
     except ImageReadError:
         raise
     except Exception as exc:  # zarr and its codecs raise many kinds of errors
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ImageReadError(f"'{path}' could not be read as a zarr array: {detail}") from None
+
+
+_UM_PER_UNIT = {
+    "nm": 1e-3,
+    "nanometer": 1e-3,
+    "nanometre": 1e-3,
+    "µm": 1.0,
+    "um": 1.0,
+    "micron": 1.0,
+    "microns": 1.0,
+    "micrometer": 1.0,
+    "micrometre": 1.0,
+    "mm": 1e3,
+    "millimeter": 1e3,
+    "millimetre": 1e3,
+    "cm": 1e4,
+    "centimeter": 1e4,
+    "centimetre": 1e4,
+    "m": 1e6,
+    "meter": 1e6,
+    "metre": 1e6,
+}
+
+
+def _quietly(parse, *args) -> dict[str, float] | None:
+    """Run a spacing parser: odd metadata means no spacing, never an error."""
+    try:
+        return parse(*args)
+    except Exception:
+        return None
+
+
+def _unit_key(unit: object) -> object:
+    """A comparable key for a length unit: micrometres per unit when known."""
+    if not isinstance(unit, str) or not unit.strip():
+        return None
+    name = unit.strip().replace("\\u00B5", "µ").replace("\\u00b5", "µ").replace("\u03bc", "µ")
+    return _UM_PER_UNIT.get(name.lower(), name.lower())
+
+
+def _clean_spacing(
+    sizes: dict[str, object], units: dict[str, object] | None = None, axes: str | None = None
+) -> dict[str, float] | None:
+    """Keep finite positive sizes of the spatial axes; mixed units become micrometres."""
+    out: dict[str, float] = {}
+    for ax in "ZYX":
+        value = sizes.get(ax)
+        if value is None or isinstance(value, bool) or (axes is not None and ax not in axes):
+            continue
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(value) and value > 0:
+            out[ax] = value
+    if not out:
+        return None
+    keys = {ax: _unit_key((units or {}).get(ax)) for ax in out}
+    if len(set(keys.values())) > 1:
+        if not all(isinstance(k, float) for k in keys.values()):
+            return None
+        out = {ax: value * keys[ax] for ax, value in out.items()}
+    return out
+
+
+def _inverse_rational(value: object) -> float | None:
+    """Pixel size from a TIFF rational resolution (pixels per unit)."""
+    if not isinstance(value, tuple) or len(value) != 2 or not value[0]:
+        return None
+    return value[1] / value[0]
+
+
+def _tiff_spacing(tif, axes: str | None) -> dict[str, float] | None:
+    """Voxel size from OME-XML, ImageJ or tifffile metadata, else calibrated resolution tags."""
+    page = tif.pages[0]
+    if tif.is_ome:
+        return _ome_spacing(tif.ome_metadata, axes)
+    resolution = {"Y": _inverse_rational(page.tags.valueof(283))}
+    resolution["X"] = _inverse_rational(page.tags.valueof(282))
+    if tif.is_imagej:
+        meta = tif.imagej_metadata or {}
+        unit = meta.get("unit")
+        sizes = {**resolution, "Z": meta.get("spacing")}
+        units = {"X": unit, "Y": meta.get("yunit", unit), "Z": meta.get("zunit", unit)}
+        spacing = _clean_spacing(sizes, units, axes)
+        uncalibrated = _unit_key(unit) in (None, "pixel", "pixels")
+        if spacing and uncalibrated and "Z" not in spacing and set(spacing.values()) == {1.0}:
+            return None
+        return spacing
+    meta = (tif.shaped_metadata or ({},))[0]
+    if isinstance(meta, dict) and "spacing" in meta:
+        stored = meta["spacing"]
+        if not isinstance(stored, dict):
+            return None
+        return _clean_spacing({str(k).upper(): v for k, v in stored.items()}, None, axes)
+    if page.tags.valueof(296) in (None, 1):
+        return None
+    return _clean_spacing(resolution, None, axes)
+
+
+def _local_name(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+def _ome_spacing(xml: str | None, axes: str | None = None) -> dict[str, float] | None:
+    """PhysicalSizeX/Y/Z of the first OME Image's Pixels (default unit µm)."""
+    import xml.etree.ElementTree as ET
+
+    if not xml:
+        return None
+    root = ET.fromstring(xml)
+    image = next((el for el in root.iter() if _local_name(el.tag) == "Image"), None)
+    if image is None:
+        return None
+    pixels = next((el for el in image if _local_name(el.tag) == "Pixels"), None)
+    if pixels is None:
+        return None
+    sizes = {ax: pixels.get(f"PhysicalSize{ax}") for ax in "ZYX"}
+    units = {ax: pixels.get(f"PhysicalSize{ax}Unit", "µm") for ax in "ZYX"}
+    return _clean_spacing(sizes, units, axes)
+
+
+def _zarr_scale(transforms: object, ndim: int) -> list[float] | None:
+    """The 'scale' of an OME-Zarr coordinateTransformations list, if it fits ``ndim`` axes."""
+    if not isinstance(transforms, list):
+        return None
+    for t in transforms:
+        if isinstance(t, dict) and t.get("type") == "scale":
+            scale = t.get("scale")
+            if isinstance(scale, list) and len(scale) == ndim:
+                return [
+                    float(v)
+                    if isinstance(v, (int, float)) and not isinstance(v, bool)
+                    else math.nan
+                    for v in scale
+                ]
+    return None
+
+
+def _zarr_spacing(ms: dict) -> dict[str, float] | None:
+    """Voxel size of dataset '0' of an OME-Zarr multiscales entry, for its spatial axes."""
+    axes = ms.get("axes") or []
+    datasets = ms.get("datasets") or []
+    dataset = next((d for d in datasets if str(d.get("path")) == "0"), datasets[0])
+    scale = _zarr_scale(dataset.get("coordinateTransformations"), len(axes))
+    if scale is None:
+        return None
+    outer = _zarr_scale(ms.get("coordinateTransformations"), len(axes))
+    if outer is not None:
+        scale = [a * b for a, b in zip(scale, outer, strict=True)]
+    sizes: dict[str, object] = {}
+    units: dict[str, object] = {}
+    for axis, value in zip(axes, scale, strict=True):
+        info = axis if isinstance(axis, dict) else {"name": axis}
+        name = str(info.get("name", "")).upper()
+        spatial = info["type"] == "space" if "type" in info else name in ("Z", "Y", "X")
+        if not spatial or name not in ("Z", "Y", "X"):
+            continue
+        if name in sizes:
+            return None
+        sizes[name], units[name] = value, info.get("unit")
+    return _clean_spacing(sizes, units)
 
 
 def _tiff_axes(axes: str, ndim: int) -> str | None:
@@ -118,8 +288,14 @@ def _tiff_axes(axes: str, ndim: int) -> str | None:
     return mapped
 
 
-def write_tiff(path: str | os.PathLike, data: np.ndarray, *, axes: str | None = None) -> Path:
-    """Write a (compressed) TIFF atomically, keeping the array's dtype."""
+def write_tiff(
+    path: str | os.PathLike,
+    data: np.ndarray,
+    *,
+    axes: str | None = None,
+    spacing: dict[str, float] | None = None,
+) -> Path:
+    """Write a (compressed) TIFF atomically, keeping the array's dtype and voxel ``spacing``."""
     import tifffile
 
     path = Path(path)
@@ -134,6 +310,15 @@ def write_tiff(path: str | os.PathLike, data: np.ndarray, *, axes: str | None = 
         kwargs["photometric"] = "rgb"
     if axes is not None and set(axes) <= set("TZCYXS"):
         kwargs["metadata"] = {"axes": axes}
+    if spacing:
+        clean = _clean_spacing({str(k).upper(): v for k, v in spacing.items()})
+        if clean is None or len(clean) != len(spacing):
+            raise OutputError(
+                f"cannot write '{path}' as TIFF: spacing must map 'Z', 'Y', 'X' to positive "
+                f"finite sizes, got {spacing!r}"
+            )
+        # in the JSON metadata only: the sizes carry no unit, and a resolution tag needs one
+        kwargs["metadata"] = {**kwargs.get("metadata", {}), "spacing": clean}
     try:
         tifffile.imwrite(buf, data, compression="zlib", **kwargs)
     except (ValueError, TypeError) as exc:
