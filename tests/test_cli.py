@@ -497,3 +497,64 @@ def test_progress_bar_on_a_terminal_and_off_it():
             lines = text.splitlines()
             assert "\r" not in text and len(lines) == 2, text
             assert "0/50" in lines[0] and "50/50" in lines[1]
+
+
+def test_segment_a_stack_with_its_voxel_size(tmp_path, capsys):
+    """A Z step three times the pixel, read from an ImageJ file or given by --spacing, is
+    used to split the objects, and written with the outputs."""
+    from napari_aeseg.core.image_io import read_image
+    from napari_aeseg.core.noise import add_noise
+    from napari_aeseg.core.postprocess import instances_from_probabilities
+    from napari_aeseg.core.segmenter import train_segmenter
+    from napari_aeseg.core.synthetic import synthetic_nuclei
+
+    s = synthetic_nuclei((48, 64, 64), radius=(7, 10), seed=4)
+    stack = add_noise(s.clean[::3], gaussian=0.05, seed=1, value_range=(0.0, 1.0))
+    model = train_segmenter(
+        stack,
+        s.labels[::3],
+        axes="ZYX",
+        labels_kind="instances",
+        steps=60,
+        batch_size=2,
+        patch_size=32,
+        patch_size_z=8,
+        base_channels=8,
+        learning_rate=1e-2,
+        device="cpu",
+    )
+    seg = model.save(tmp_path / "seg3d.aeseg")
+    image = tmp_path / "stack.tif"
+    tifffile.imwrite(
+        image,
+        stack,
+        imagej=True,
+        resolution=(1 / 0.3, 1 / 0.3),
+        metadata={"spacing": 0.9, "unit": "um", "axes": "ZYX"},
+    )
+    runs = {"auto": [], "none": ["--spacing", "none"], "given": ["--spacing", "0.9,0.3,0.3"]}
+    labels = {}
+    for name, extra in runs.items():
+        out = tmp_path / name
+        assert main(["segment", str(seg), str(image), "--out", str(out), *extra]) == 0
+        err = capsys.readouterr().err
+        assert ("voxel size Z 0.9, Y 0.3, X 0.3 (from the file)" in err) == (name == "auto")
+        labels[name] = read_image(out / "stack_labels.tif")
+        prob = tifffile.imread(out / "stack_prob.tif")
+    np.testing.assert_array_equal(labels["auto"].data, labels["given"].data)
+    np.testing.assert_array_equal(
+        labels["auto"].data, instances_from_probabilities(prob, spacing=(3, 1, 1))
+    )
+    np.testing.assert_array_equal(labels["none"].data, instances_from_probabilities(prob))
+    assert not np.array_equal(labels["auto"].data, labels["none"].data)
+    assert labels["auto"].spacing == pytest.approx({"Z": 0.9, "Y": 0.3, "X": 0.3})
+    assert labels["none"].spacing is None
+    bad = ["segment", str(seg), str(image), "--out", str(tmp_path / "bad")]
+    assert "--spacing for stack.tif: the voxel size needs 3 values" in _error(
+        capsys, [*bad, "--spacing", "0.3,0.3"]
+    )
+    assert not (tmp_path / "bad").exists()
+    with pytest.raises(SystemExit) as exit_info:
+        main([*bad, "--spacing", "0,1,1"])
+    assert exit_info.value.code == 2
+    assert "positive sizes" in capsys.readouterr().err

@@ -19,9 +19,20 @@ def nuclei_2d() -> list[tuple]:
     ]
 
 
+#: voxel size of the 3D nuclei stack in micrometres (Z, Y, X); see sample_data/README.md
+NUCLEI_3D_VOXEL_UM = (0.29, 0.26, 0.26)
+
+
 def nuclei_3d() -> list[tuple]:
-    """A real 3D stack of nuclei (60x256x256, ZYX)."""
-    return [(load_sample("nuclei_3d"), {"name": "nuclei 3D", "colormap": "gray"}, "image")]
+    """A real 3D stack of nuclei (60x256x256, ZYX), with its voxel size in micrometres."""
+    meta = {
+        "name": "nuclei 3D",
+        "colormap": "gray",
+        "scale": NUCLEI_3D_VOXEL_UM,
+        "units": "µm",
+        "axis_labels": ("z", "y", "x"),
+    }
+    return [(load_sample("nuclei_3d"), meta, "image")]
 
 
 def retina() -> list[tuple]:

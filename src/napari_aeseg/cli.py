@@ -42,6 +42,20 @@ def _tile_value(text: str):
     return values[0] if len(values) == 1 else tuple(values)
 
 
+def _spacing_value(text: str):
+    if text in ("auto", "none"):
+        return text
+    try:
+        values = tuple(float(v) for v in text.replace(" ", "").split(","))
+    except ValueError:
+        values = ()
+    if not values or not all(math.isfinite(v) and v > 0 for v in values):
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is not 'auto', 'none' or positive sizes like 2,0.5,0.5 (Z,Y,X)"
+        )
+    return values
+
+
 def _finite(text: str) -> float:
     """A float option that refuses nan and inf (argparse's float takes them)."""
     value = float(text)
@@ -177,6 +191,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--tta",
         action="store_true",
         help="average the probabilities over mirrored tiles (4x slower in 2D)",
+    )
+    g.add_argument(
+        "--spacing",
+        type=_spacing_value,
+        default="auto",
+        metavar="Z,Y,X",
+        help="voxel size along the spatial axes (Z,Y,X or Y,X, any unit), so that objects of "
+        "anisotropic stacks are split by distances in space; 'auto' (default): as the file "
+        "records it (ImageJ, OME-TIFF, OME-Zarr), else cubic voxels; 'none': cubic voxels",
     )
     _device_seed(g, seed=False)
 
@@ -314,6 +337,35 @@ def _check_tiling(model, layout, args) -> None:
     )
 
 
+def _voxel_size(args, f, layout) -> tuple[tuple[str, float], ...] | None:
+    """``(axis, size)`` pairs of an image's spatial axes from ``--spacing`` or the file."""
+    from .core.postprocess import relative_spacing, spatial_spacing
+
+    axes = layout.spatial_axes
+    if args.spacing == "none":
+        return None
+    if args.spacing == "auto":
+        recorded = f.spacing or {}
+        if not all(a in recorded for a in axes):
+            if "Z" in axes and not args.quiet and any(a in recorded for a in axes):
+                print(
+                    f"{f.path.name}: the file records no Z step; voxels are taken as cubes "
+                    "(--spacing Z,Y,X to give it)",
+                    file=sys.stderr,
+                )
+            return None
+        values = spatial_spacing(recorded, axes)
+        if not args.quiet and relative_spacing(values, len(axes)) is not None:
+            sizes = ", ".join(f"{a} {v:g}" for a, v in zip(axes, values, strict=True))
+            print(f"{f.path.name}: voxel size {sizes} (from the file)", file=sys.stderr)
+    else:
+        try:
+            values = spatial_spacing(args.spacing, axes)
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"--spacing for {f.path.name}: {exc}") from None
+    return tuple(zip(axes, values, strict=True))
+
+
 def _denoise(args) -> int:
     from .core.denoiser import DenoiserModel
     from .core.image_io import ensure_output_dir, read_image, write_tiff
@@ -443,7 +495,7 @@ def _segment(args) -> int:
     truths = [read_image(p).data for p in args.truth] if args.truth else None
     if truths is not None and len(truths) != len(files):
         raise InvalidInputError("give one --truth file per image")
-    all_axes = []
+    all_axes, spacings = [], []
     for i, f in enumerate(files):
         axes = args.axes or (f.axes if f.axes and len(f.axes) == f.data.ndim else None)
         all_axes.append(axes)
@@ -454,6 +506,7 @@ def _segment(args) -> int:
                 raise InvalidInputError(f"denoiser '{args.denoise_with}': {exc}") from None
         layout = model.check_layout(f.data.shape, axes)
         _check_tiling(model, layout, args)
+        spacings.append(_voxel_size(args, f, layout))
         want = (
             *[layout.shape[layout.axes.index(a)] for a in layout.sample_axes],
             *layout.spatial_shape,
@@ -474,6 +527,7 @@ def _segment(args) -> int:
                 f"denoise {f.path.name}",
                 args.quiet,
             )
+        space = None if spacings[i] is None else dict(spacings[i])
         result = _run_with_bar(
             model.iter_segment(
                 data,
@@ -482,13 +536,14 @@ def _segment(args) -> int:
                 overlap=args.overlap,
                 device=args.device,
                 tta=args.tta,
+                spacing=space,
             ),
             f"segment {f.path.name}",
             args.quiet,
         )
-        write_tiff(out_dir / f"{f.path.stem}_labels.tif", result.labels)
-        write_tiff(out_dir / f"{f.path.stem}_prob.tif", result.probabilities)
-        write_tiff(out_dir / f"{f.path.stem}_uncertainty.tif", result.uncertainty)
+        write_tiff(out_dir / f"{f.path.stem}_labels.tif", result.labels, spacing=space)
+        write_tiff(out_dir / f"{f.path.stem}_prob.tif", result.probabilities, spacing=space)
+        write_tiff(out_dir / f"{f.path.stem}_uncertainty.tif", result.uncertainty, spacing=space)
         if truths is not None:
             print(f"{f.path.name}: {score_instances(truths[i], result.labels).summary()}")
         if not args.quiet:

@@ -2,12 +2,17 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
+from napari_aeseg.core.errors import InvalidInputError
 from napari_aeseg.core.metrics import score_instances
 from napari_aeseg.core.postprocess import (
+    default_seed_window,
     entropy,
     instances_from_probabilities,
     instances_to_classes,
+    relabel_sequential,
+    relative_spacing,
     semantic_labels,
+    spatial_spacing,
 )
 from napari_aeseg.core.synthetic import synthetic_nuclei
 
@@ -148,3 +153,72 @@ def test_typical_radius_ignores_specks_below_min_size():
     assert typical_radius(mask, edt) == 1.0  # the specks are the median piece
     assert typical_radius(mask, edt, min_size=15) == 10.0
     assert typical_radius(np.zeros((8, 8), bool), np.zeros((8, 8))) == 0.0
+
+
+def _subsampled_probabilities(step: int, kind: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Isotropic synthetic nuclei seen with a Z step of ``step`` voxels: truth, probabilities
+    (from the truth, blurred in plane, with noise)."""
+    s = synthetic_nuclei((72, 96, 96), radius=(8, 12), seed=seed)
+    truth = relabel_sequential(s.labels[::step])
+    if kind == "3class":
+        cls = instances_to_classes(truth)
+        planes = [cls == k for k in range(3)]
+    else:
+        planes = [truth == 0, truth > 0]
+    rng = np.random.default_rng(seed)
+    prob = np.stack([ndi.gaussian_filter(p.astype(np.float32), (0.2, 0.7, 0.7)) for p in planes])
+    prob = np.clip(prob + rng.normal(0, 0.1, prob.shape).astype(np.float32), 0, None)
+    return truth, prob / prob.sum(axis=0, keepdims=True)
+
+
+@pytest.mark.parametrize("kind", ["3class", "2class"])
+def test_spacing_splits_nuclei_of_an_anisotropic_stack(kind):
+    """With a Z step 3x the pixel, distances in voxels merge or split nuclei along Z; in
+    space they do not."""
+    aps = {"voxels": [], "space": []}
+    for seed in (1, 2):
+        truth, prob = _subsampled_probabilities(3, kind, seed)
+        aps["voxels"].append(score_instances(truth, instances_from_probabilities(prob)).ap)
+        labels = instances_from_probabilities(prob, spacing=(0.9, 0.3, 0.3))
+        aps["space"].append(score_instances(truth, labels).ap)
+    voxels, space = np.mean(aps["voxels"]), np.mean(aps["space"])
+    assert space >= 0.85, aps
+    assert space >= voxels + 0.08, aps
+
+
+def test_equal_voxel_sizes_change_nothing():
+    truth, prob = _subsampled_probabilities(1, "2class", 1)
+    plain = instances_from_probabilities(prob[:, :24])
+    np.testing.assert_array_equal(
+        plain, instances_from_probabilities(prob[:, :24], spacing=(2, 2, 2))
+    )
+    assert relative_spacing((0.5, 0.5), 2) is None
+
+
+def test_seed_box_spans_the_same_length_along_each_axis():
+    assert default_seed_window(30.0, 3) == 11  # half-width 5 voxels
+    assert default_seed_window(30.0, 3, spacing=np.array([2.5, 1.0, 1.0])) == (5, 11, 11)
+    # never less than one voxel each side, however coarse the axis
+    assert default_seed_window(6.0, 3, spacing=np.array([10.0, 1.0, 1.0])) == (3, 3, 3)
+    assert default_seed_window(8.0, 2, spacing=np.array([1.0, 3.0])) == (5, 3)
+
+
+@pytest.mark.parametrize(
+    ("spacing", "message"),
+    [
+        ((1.0, 1.0), "needs 3 values"),
+        ((1.0, -1.0, 1.0), "positive"),
+        ((np.nan, 1.0, 1.0), "positive"),
+        ("abc", "3 numbers"),
+        ({"Y": 1.0, "X": 1.0}, "no value for axis Z"),
+    ],
+)
+def test_bad_voxel_sizes_are_refused(spacing, message):
+    with pytest.raises(InvalidInputError, match=message):
+        spatial_spacing(spacing, "ZYX")
+
+
+def test_voxel_size_by_axis_letter():
+    assert spatial_spacing({"Z": 2, "Y": 0.5, "X": 0.4, "T": 9}, "ZYX") == (2.0, 0.5, 0.4)
+    assert spatial_spacing({"Z": 2, "Y": 0.5, "X": 0.4}, "YX") == (0.5, 0.4)
+    assert spatial_spacing(None, "YX") is None

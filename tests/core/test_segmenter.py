@@ -9,6 +9,7 @@ from napari_aeseg.core.denoiser import DenoiserModel
 from napari_aeseg.core.errors import InvalidInputError, ModelFileError
 from napari_aeseg.core.features import PixelClassifier, classic_features, encoder_features
 from napari_aeseg.core.metrics import score_instances
+from napari_aeseg.core.postprocess import instances_from_probabilities
 from napari_aeseg.core.segmenter import SegmenterModel, labels_to_target, train_segmenter
 from napari_aeseg.core.tiling import run_generator
 from napari_aeseg.core.training import train_denoiser
@@ -415,6 +416,17 @@ def test_3d_segmenter_from_a_3d_denoiser(nuclei_3d, tiny):
     ap = score_instances(truth, result.labels).ap
     print(f"3D from a 3D denoiser: AP {ap:.3f}")
     assert ap > 0.6
+    # a voxel size reaches the post-processing (here as if the Z step were twice the pixel)
+    spaced = seg.segment(noisy, device="cpu", spacing={"Z": 0.5, "Y": 0.25, "X": 0.25})
+    pp = seg.config.postprocess
+    want = instances_from_probabilities(
+        spaced.probabilities, threshold=pp.threshold, min_size=pp.min_size, spacing=(2, 1, 1)
+    )
+    np.testing.assert_array_equal(spaced.labels, want)
+    np.testing.assert_array_equal(spaced.probabilities, result.probabilities)
+    assert not np.array_equal(spaced.labels, result.labels)
+    with pytest.raises(InvalidInputError, match="needs 3 values"):
+        seg.segment(noisy, device="cpu", spacing=(1.0, 1.0))
 
 
 def test_labels_in_a_region_ignore_the_rest():

@@ -41,6 +41,11 @@ def test_each_sample_opens(make_napari_viewer, key):
     if key == "nuclei_2d":
         labels = viewer.layers["nuclei ground truth"].data
         assert labels.max() == 125 and np.issubdtype(labels.dtype, np.integer)
+    if key == "nuclei_3d":
+        # its voxel size: the Segment widget splits its nuclei in micrometres
+        stack = viewer.layers["nuclei 3D"]
+        np.testing.assert_allclose(stack.scale, (0.29, 0.26, 0.26))
+        assert tuple(stack.axis_labels) == ("z", "y", "x")
 
 
 def test_widgets_dock_through_the_manifest(make_napari_viewer):

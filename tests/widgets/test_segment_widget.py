@@ -13,6 +13,7 @@ from napari_aeseg._widgets.segment import FINE_TUNE, INSTANT, output_names
 from napari_aeseg.core.errors import InvalidInputError
 from napari_aeseg.core.metrics import score_instances
 from napari_aeseg.core.noise import add_noise
+from napari_aeseg.core.postprocess import instances_from_probabilities
 from napari_aeseg.core.segmenter import SegmenterModel
 from napari_aeseg.core.synthetic import synthetic_nuclei
 from napari_aeseg.core.training import train_denoiser
@@ -396,6 +397,19 @@ def test_instant_classifier_on_a_3d_stack(qtbot, make_napari_viewer):
     seg = viewer.layers["stack segmentation"]
     assert seg.data.shape == noisy.shape
     assert score_instances(s.labels, np.asarray(seg.data)).pixel_iou > 0.6
+    # objects are split in space: the layer's Z step is twice its pixel
+    assert widget.spacing_edit.placeholderText() == "layer scale: 2, 1, 1"
+    fg = np.asarray(viewer.layers["stack probability"].data)
+    probs = np.stack([1 - fg, fg])
+    spaced = instances_from_probabilities(probs, spacing=(2, 1, 1))
+    np.testing.assert_array_equal(seg.data, spaced)
+    # a voxel size typed in the field wins over the layer's scale
+    widget.spacing_edit.setText("1, 1, 1")
+    widget.run_button.click()
+    wait_idle(qtbot, widget, timeout=60_000)
+    cubes = instances_from_probabilities(probs)
+    assert not np.array_equal(cubes, spaced)
+    np.testing.assert_array_equal(viewer.layers["stack segmentation"].data, cubes)
 
 
 def test_masks_in_marked_crops_leave_the_rest_unlabeled(qtbot, segment_viewer, cells, two_crops):

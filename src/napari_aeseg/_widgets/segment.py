@@ -45,7 +45,12 @@ from ..core.devices import describe_device, resolve_device
 from ..core.errors import AesegError, InvalidInputError, TrainingCancelled
 from ..core.features import PixelClassifier, classic_features, encoder_features
 from ..core.metrics import score_instances
-from ..core.postprocess import entropy, instances_from_probabilities, semantic_labels
+from ..core.postprocess import (
+    entropy,
+    instances_from_probabilities,
+    semantic_labels,
+    spatial_spacing,
+)
 from ..core.segmenter import (
     PRETRAINED_LABELED_PATCHES,
     SegmenterModel,
@@ -167,6 +172,7 @@ class SegmentJob(WorkerJob):
         truth,
         target,
         region=None,
+        spacing=None,
     ):
         """Yields Stage/TrainingProgress/TileProgress; returns Segmented, Stopped or Failure."""
         try:
@@ -192,7 +198,11 @@ class SegmentJob(WorkerJob):
                 return Stopped(model)
             yield Stage("Segmenting...")
             result = yield from model.iter_segment(
-                image, axes=axes, device=device, cancel=self.stop_requested.is_set
+                image,
+                axes=axes,
+                device=device,
+                cancel=self.stop_requested.is_set,
+                spacing=spacing,
             )
             probability = foreground_or_all(result.probabilities, target)
             return Segmented(
@@ -228,6 +238,7 @@ class SegmentJob(WorkerJob):
         min_size,
         truth,
         frame,
+        spacing=None,
     ):
         """Features (unless cached) -> random forest -> labels; returns Segmented or Failure."""
         try:
@@ -247,7 +258,9 @@ class SegmentJob(WorkerJob):
             if target == "instances":
                 # background and objects: scribbles 1 and 2 (values above 2 are refused)
                 probs = np.stack([probs[0], probs[1:].sum(axis=0)])
-                labels = instances_from_probabilities(probs, threshold=threshold, min_size=min_size)
+                labels = instances_from_probabilities(
+                    probs, threshold=threshold, min_size=min_size, spacing=spacing
+                )
             else:
                 labels = semantic_labels(probs)
             return Segmented(
@@ -604,6 +617,12 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         self.threshold.setValue(0.5)
         self.threshold.setToolTip("Object probability above which a pixel belongs to an object")
         self.min_size = spin_box(0, 1_000_000, 15, tip="Smaller objects (pixels) are dropped")
+        self.spacing_edit = QLineEdit()
+        self.spacing_edit.setToolTip(
+            "Voxel size along Z, Y, X (or Y, X), any unit: objects of a stack whose Z step is "
+            "longer than a pixel are then split by distances in space, not in voxels. Empty: "
+            "the image layer's scale"
+        )
         self.seed = spin_box(0, 2**31 - 1, 0, tip="Random seed")
         for label, w in (
             ("Batch size", self.batch_size),
@@ -613,6 +632,7 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
             ("Freeze encoder", self.freeze_steps),
             ("Threshold", self.threshold),
             ("Min object size", self.min_size),
+            ("Voxel size", self.spacing_edit),
             ("Seed", self.seed),
         ):
             adv_form.addRow(label, w)
@@ -722,6 +742,10 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
             elif key == "axes":
                 self.axes_edit.setText(value)
                 self._on_axes_changed()
+            elif key == "spacing":
+                self.spacing_edit.setText(
+                    "" if value is None else ", ".join(f"{v:g}" for v in value)
+                )
             else:
                 raise TypeError(f"unknown option '{key}'")
 
@@ -779,7 +803,47 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
             else f"Live update (refit {LIVE_DELAY_MS} ms after each stroke)"
         )
         self.run_button.setToolTip(self._run_tip(frames))
+        self._show_layer_scale()
         self._update_buttons()
+
+    def _show_layer_scale(self) -> None:
+        """The layer's voxel size, greyed in the empty Voxel size field."""
+        layer = self.image_combo.layer()
+        try:
+            axes = check_axes_match(
+                tuple(layer_data(layer).shape),
+                self.axes_edit.text().strip().upper() or guess_layer_axes(layer),
+            )
+            sizes = self._layer_voxel_size(layer, axes)
+        except (AttributeError, AesegError):
+            sizes = None
+        self.spacing_edit.setPlaceholderText(
+            "" if sizes is None else "layer scale: " + ", ".join(f"{v:g}" for v in sizes)
+        )
+
+    @staticmethod
+    def _layer_voxel_size(layer: Image, axes: str) -> tuple[float, ...] | None:
+        scale = label_space(layer, axes)["scale"]
+        if len(scale) != len(axes.replace("C", "")):
+            return None
+        by_axis = dict(zip(axes.replace("C", ""), scale, strict=True))
+        return tuple(float(by_axis[a]) for a in ("ZYX" if "Z" in axes else "YX"))
+
+    def _voxel_size(self, layer: Image, axes: str) -> tuple[float, ...] | None:
+        """The Voxel size field, or the layer's scale when it is empty; checked."""
+        spatial = "ZYX" if "Z" in axes else "YX"
+        text = self.spacing_edit.text().strip()
+        if not text:
+            return spatial_spacing(self._layer_voxel_size(layer, axes), spatial)
+        try:
+            values = [float(v) for v in text.replace(",", " ").split()]
+            return spatial_spacing(values, spatial)
+        except (ValueError, AesegError) as exc:
+            detail = str(exc) if isinstance(exc, AesegError) else f"'{text}' is not numbers"
+            raise InvalidInputError(
+                f"Voxel size: {detail}; give {len(spatial)} sizes ({', '.join(spatial)}) or "
+                "leave it empty for the layer's scale"
+            ) from None
 
     def _run_tip(self, frames: bool) -> str:
         if not self.instant:
@@ -1028,6 +1092,7 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
                     f"'{regions_layer.name}': draw the rectangles around labeled objects"
                 )
         target = "instances" if masks else self.target_combo.currentText()
+        spacing = self._voxel_size(image, axes)
         device = resolve_device(self.device_combo.device())
         encoder = self.encoder()
         denoiser = self.denoiser()
@@ -1039,7 +1104,18 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         self.metrics.setText("")
         if self.instant:
             return self._prepare_instant(
-                image, data, labels, truth, axes, encoder, denoiser, device, target, masks, region
+                image,
+                data,
+                labels,
+                truth,
+                axes,
+                encoder,
+                denoiser,
+                device,
+                target,
+                masks,
+                region,
+                spacing,
             )
         n_classes = None
         if not masks:
@@ -1085,11 +1161,24 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
             truth=truth,
             target=target,
             region=region,
+            spacing=spacing,
         )
         return gen, config.training.steps
 
     def _prepare_instant(
-        self, image, data, labels, truth, axes, encoder, denoiser, device, target, masks, region
+        self,
+        image,
+        data,
+        labels,
+        truth,
+        axes,
+        encoder,
+        denoiser,
+        device,
+        target,
+        masks,
+        region,
+        spacing,
     ):
         frame = None
         frame_axes = axes
@@ -1160,6 +1249,7 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
             min_size=self.min_size.value(),
             truth=truth,
             frame=frame,
+            spacing=spacing,
         )
         return gen, 3
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.segmentation import watershed
+
+from .errors import InvalidInputError
 
 #: class indices of the instance target
 BACKGROUND, FOREGROUND, BOUNDARY = 0, 1, 2
@@ -39,6 +43,7 @@ def instances_from_probabilities(
     fill_holes: bool = True,
     seed_h: float = 1.0,
     seed_window: int | None = None,
+    spacing=None,
 ) -> np.ndarray:
     """Instance labels from background / foreground (/ boundary) probabilities, 2D or 3D.
 
@@ -50,20 +55,29 @@ def instances_from_probabilities(
     the distance is measured in the foreground mask and a seed is the highest point of a
     ``seed_window``-wide box, by default one that grows with the objects (see
     :func:`default_seed_window`).
+
+    ``spacing`` is the voxel size along each spatial axis (``(Z, Y, X)`` or ``(Y, X)``, any
+    unit). On anisotropic stacks, where a Z step is longer than a pixel, distances, smoothing
+    and the seed box are then measured in the units of the finest axis, not in voxels;
+    ``min_size`` stays in voxels. ``None`` (or equal sizes) takes voxels as cubes.
     """
     fg = probabilities[FOREGROUND]
+    rel = relative_spacing(spacing, fg.ndim)
+    sigma = 1.0 if rel is None else tuple(1.0 / rel)
     if probabilities.shape[0] > 2:
         bd = probabilities[BOUNDARY]
         mask = (fg + bd) > threshold
         interior = (fg - bd) > threshold * 0.5
-        dist = ndi.gaussian_filter(ndi.distance_transform_edt(interior), 1.0)
+        dist = ndi.gaussian_filter(ndi.distance_transform_edt(interior, sampling=rel), sigma)
         peaks = h_maxima_above(dist, seed_h, MIN_SEED_DISTANCE)
     else:
         mask = fg > threshold
-        edt = ndi.distance_transform_edt(mask)
-        dist = ndi.gaussian_filter(edt, 1.0)
+        edt = ndi.distance_transform_edt(mask, sampling=rel)
+        dist = ndi.gaussian_filter(edt, sigma)
         if seed_window is None:
-            seed_window = default_seed_window(typical_radius(mask, edt, min_size), fg.ndim)
+            seed_window = default_seed_window(
+                typical_radius(mask, edt, min_size), fg.ndim, spacing=rel
+            )
         peaks = (dist == ndi.maximum_filter(dist, size=seed_window)) & (dist > MIN_SEED_DISTANCE)
     markers, _ = ndi.label(peaks)
     if fill_holes:
@@ -83,7 +97,8 @@ def instances_from_probabilities(
 
 def typical_radius(mask: np.ndarray, edt: np.ndarray, min_size: int = 0) -> float:
     """The median, over the connected pieces of ``mask`` of at least ``min_size`` pixels, of
-    their largest distance to the edge (``edt``): the radius of a typical object, in pixels.
+    their largest distance to the edge (``edt``): the radius of a typical object, in the units
+    of ``edt`` (pixels, or the finest axis' size when it was measured with a voxel size).
     A clump of touching objects counts as one piece of about one object's radius. 0 when
     there is no such piece."""
     pieces, n = ndi.label(mask)
@@ -100,7 +115,46 @@ def typical_radius(mask: np.ndarray, edt: np.ndarray, min_size: int = 0) -> floa
     return float(np.median(deepest))
 
 
-def default_seed_window(radius: float, ndim: int) -> int:
+def spatial_spacing(spacing, spatial_axes: str) -> tuple[float, ...] | None:
+    """The voxel size along ``spatial_axes`` (``"ZYX"`` or ``"YX"``) from a sequence in that
+    order or a mapping by axis letter (as :class:`~.image_io.ImageFile` gives it); checked."""
+    if spacing is None:
+        return None
+    if isinstance(spacing, Mapping):
+        missing = [a for a in spatial_axes if a not in spacing]
+        if missing:
+            raise InvalidInputError(
+                f"the voxel size gives no value for axis {', '.join(missing)} (needs "
+                f"{', '.join(spatial_axes)})"
+            )
+        spacing = [spacing[a] for a in spatial_axes]
+    relative_spacing(spacing, len(spatial_axes))
+    return tuple(float(v) for v in spacing)
+
+
+def relative_spacing(spacing, ndim: int) -> np.ndarray | None:
+    """Voxel size per spatial axis divided by the finest one; ``None`` when all are equal."""
+    if spacing is None:
+        return None
+    names = "ZYX"[-ndim:] if ndim <= 3 else f"{ndim} axes"
+    try:
+        sp = np.asarray(spacing, dtype=float)
+    except (TypeError, ValueError):
+        raise InvalidInputError(
+            f"the voxel size must be {ndim} numbers ({names}), got {spacing!r}"
+        ) from None
+    if sp.shape != (ndim,):
+        raise InvalidInputError(
+            f"the voxel size needs {ndim} values, one per spatial axis ({names}), got "
+            f"{sp.size}: {spacing!r}"
+        )
+    if not np.isfinite(sp).all() or (sp <= 0).any():
+        raise InvalidInputError(f"the voxel size must be positive numbers, got {spacing!r}")
+    rel = sp / sp.min()
+    return None if np.allclose(rel, 1.0) else rel
+
+
+def default_seed_window(radius: float, ndim: int, spacing=None) -> int | tuple[int, ...]:
     """Side of the box in which a two-class seed must be the highest distance.
 
     Its half-width is a quarter of the typical object radius in 2D (a sixth in 3D), and at
@@ -109,10 +163,15 @@ def default_seed_window(radius: float, ndim: int) -> int:
     split in pieces: AP@0.5 on the real sample's two-class probabilities scaled up 2x / 3x
     went from 0.62 / 0.55 to 0.70 / 0.73, and 0.704 -> 0.710 at the original size
     (``benchmarks/bench_seed_window.py``).
+
+    With a ``spacing`` relative to the finest axis (:func:`relative_spacing`; ``radius``
+    then in units of that axis) the box spans the same length along every axis, so it is
+    fewer voxels deep along a coarse Z, but always at least one voxel each side.
     """
-    if ndim == 2:
-        return max(5, 2 * int(radius / 4) + 1)
-    return max(3, 2 * int(radius / 6) + 1)
+    half = max(2, int(radius / 4)) if ndim == 2 else max(1, int(radius / 6))
+    if spacing is None:
+        return 2 * half + 1
+    return tuple(2 * max(1, int(half / s)) + 1 for s in spacing)
 
 
 def h_maxima_above(image: np.ndarray, h: float, level: float) -> np.ndarray:

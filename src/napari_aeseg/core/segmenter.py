@@ -52,6 +52,7 @@ from .postprocess import (
     instances_from_probabilities,
     instances_to_classes,
     semantic_labels,
+    spatial_spacing,
 )
 from .tiling import count_tiles, iter_predict_tiled, run_generator, with_flip_averaging
 from .training import TrainingProgress
@@ -421,14 +422,19 @@ class SegmenterModel(TrainedModel):
         device="auto",
         cancel: Callable[[], bool] | None = None,
         tta: bool = False,
+        spacing=None,
     ) -> Generator:
         """Tiled segmentation yielding progress; returns a :class:`SegmentationResult`.
 
         ``tta`` averages the class probabilities of all mirror images of each tile (4 passes
-        in 2D, 8 in 3D), as the denoiser's option does.
+        in 2D, 8 in 3D), as the denoiser's option does. ``spacing`` is the voxel size along
+        the spatial axes (``(Z, Y, X)`` or ``(Y, X)``, or a mapping by axis letter): the
+        instances of an anisotropic stack are then split by distances in space, not in
+        voxels (see :func:`~.postprocess.instances_from_probabilities`).
         """
         image = check_image(image)
         layout = self.check_layout(image.shape, axes)
+        spacing = spatial_spacing(spacing, layout.spatial_axes)
         dev = resolve_device(device)
         net = self.network.to(dev).eval()
         k = self.config.n_classes
@@ -473,7 +479,11 @@ class SegmenterModel(TrainedModel):
         labels = np.stack(
             [
                 instances_from_probabilities(
-                    p, threshold=pp.threshold, min_size=pp.min_size, fill_holes=pp.fill_holes
+                    p,
+                    threshold=pp.threshold,
+                    min_size=pp.min_size,
+                    fill_holes=pp.fill_holes,
+                    spacing=spacing,
                 )
                 if self.config.target == "instances"
                 else semantic_labels(p)
