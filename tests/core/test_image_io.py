@@ -299,3 +299,23 @@ def test_real_3d_sample_still_reads():
     assert image.data.shape == (60, 256, 256)
     assert image.axes == "ZYX"
     assert image.spacing is None
+
+
+def test_ome_zarr_0_5_under_ome_with_its_own_dataset_path(tmp_path, stack):
+    """OME-Zarr 0.5 (zarr v3) keeps the multiscales under "ome"; the first dataset's path
+    need not be "0"."""
+    zarr = pytest.importorskip("zarr")
+    if int(zarr.__version__.split(".")[0]) < 3:
+        pytest.skip("zarr v3 format needs zarr 3")
+    path = tmp_path / "img.zarr"
+    root = zarr.open_group(str(path), mode="w", zarr_format=3)
+    root.create_array("s0", data=stack)
+    root.create_array("s1", data=stack[:, ::2, ::2])
+    entry = _multiscale([1.5, 0.4, 0.4])
+    entry["datasets"][0]["path"] = "s0"
+    del entry["version"]
+    root.attrs["ome"] = {"version": "0.5", "multiscales": [entry]}
+    image = read_image(path)
+    assert image.axes == "ZYX"
+    np.testing.assert_array_equal(image.data, stack)
+    assert_spacing(image.spacing, {"Z": 1.5, "Y": 0.4, "X": 0.4})

@@ -99,11 +99,20 @@ def _read_zarr(path: Path) -> ImageFile:
         node = zarr.open(str(path), mode="r")
         if hasattr(node, "shape"):
             return ImageFile(np.asarray(node), None, path)
-        arr = node["0"] if "0" in node else None
+        # OME-Zarr 0.4 keeps its metadata at the top of the attributes, 0.5 under "ome"
+        ome = node.attrs.get("ome")
+        ms = node.attrs.get("multiscales") or (
+            ome.get("multiscales") if isinstance(ome, dict) else None
+        )
+        try:
+            name = str(ms[0]["datasets"][0]["path"])
+        except (TypeError, KeyError, IndexError):
+            name = "0"
+        name = name if name in node else "0"
+        arr = node[name] if name in node else None
         if arr is None:
             raise ImageReadError(f"'{path}' holds no array named '0'")
         axes = spacing = None
-        ms = node.attrs.get("multiscales")
         if ms:
             names = [a["name"] if isinstance(a, dict) else a for a in ms[0].get("axes", [])]
             axes = "".join(n.upper() for n in names) or None
