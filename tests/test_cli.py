@@ -549,6 +549,15 @@ def test_segment_a_stack_with_its_voxel_size(tmp_path, capsys):
     assert not np.array_equal(labels["auto"].data, labels["none"].data)
     assert labels["auto"].spacing == pytest.approx({"Z": 0.9, "Y": 0.3, "X": 0.3})
     assert labels["none"].spacing is None
+    # an OME-TIFF that gives no Z size: cubic voxels, and the user is told
+    xy_only = tmp_path / "xy.ome.tif"
+    meta = {"axes": "ZYX", "PhysicalSizeX": 0.3, "PhysicalSizeY": 0.3}
+    tifffile.imwrite(xy_only, stack, ome=True, metadata=meta)
+    assert main(["segment", str(seg), str(xy_only), "--out", str(tmp_path / "xy")]) == 0
+    assert "xy.ome.tif: the file records no size for Z" in capsys.readouterr().err
+    np.testing.assert_array_equal(
+        read_image(tmp_path / "xy" / "xy.ome_labels.tif").data, labels["none"].data
+    )
     bad = ["segment", str(seg), str(image), "--out", str(tmp_path / "bad")]
     assert "--spacing for stack.tif: the voxel size needs 3 values" in _error(
         capsys, [*bad, "--spacing", "0.3,0.3"]

@@ -43,11 +43,13 @@ def _tile_value(text: str):
 
 
 def _spacing_value(text: str):
+    from .core.postprocess import parse_voxel_size
+
     if text in ("auto", "none"):
         return text
     try:
-        values = tuple(float(v) for v in text.replace(" ", "").split(","))
-    except ValueError:
+        values = parse_voxel_size(text)
+    except InvalidInputError:
         values = ()
     if not values or not all(math.isfinite(v) and v > 0 for v in values):
         raise argparse.ArgumentTypeError(
@@ -346,15 +348,22 @@ def _voxel_size(args, f, layout) -> tuple[tuple[str, float], ...] | None:
         return None
     if args.spacing == "auto":
         recorded = f.spacing or {}
-        if not all(a in recorded for a in axes):
-            if "Z" in axes and not args.quiet and any(a in recorded for a in axes):
+        missing = [a for a in axes if a not in recorded]
+        if missing:
+            if "Z" in axes and not args.quiet and len(missing) < len(axes):
                 print(
-                    f"{f.path.name}: the file records no Z step; voxels are taken as cubes "
-                    "(--spacing Z,Y,X to give it)",
+                    f"{f.path.name}: the file records no size for {', '.join(missing)}; voxels "
+                    f"are taken as cubes (--spacing {','.join(axes)} to give them)",
                     file=sys.stderr,
                 )
             return None
-        values = spatial_spacing(recorded, axes)
+        try:
+            values = spatial_spacing(recorded, axes)
+        except InvalidInputError as exc:
+            raise InvalidInputError(
+                f"{f.path.name}: the voxel size it records is unusable ({exc}); give "
+                f"--spacing {','.join(axes)} or --spacing none"
+            ) from None
         if not args.quiet and relative_spacing(values, len(axes)) is not None:
             sizes = ", ".join(f"{a} {v:g}" for a, v in zip(axes, values, strict=True))
             print(f"{f.path.name}: voxel size {sizes} (from the file)", file=sys.stderr)

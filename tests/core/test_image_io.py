@@ -319,3 +319,15 @@ def test_ome_zarr_0_5_under_ome_with_its_own_dataset_path(tmp_path, stack):
     assert image.axes == "ZYX"
     np.testing.assert_array_equal(image.data, stack)
     assert_spacing(image.spacing, {"Z": 1.5, "Y": 0.4, "X": 0.4})
+
+
+def test_imagej_calibrated_stack_without_z_step_has_a_z_step_of_one(tmp_path, stack):
+    """ImageJ writes no ``spacing`` for a Z step of exactly 1 (its default); an
+    uncalibrated or inch-calibrated stack gets none."""
+    path = tmp_path / "fiji.tif"
+    meta = {"unit": "micron", "axes": "ZYX"}
+    tifffile.imwrite(path, stack, imagej=True, resolution=(1 / 0.3, 1 / 0.3), metadata=meta)
+    assert_spacing(read_image(path).spacing, {"Z": 1.0, "Y": 0.3, "X": 0.3})
+    meta = {"unit": "inch", "axes": "ZYX"}
+    tifffile.imwrite(path, stack, imagej=True, resolution=(72, 72), metadata=meta)
+    assert "Z" not in (read_image(path).spacing or {})

@@ -9,6 +9,7 @@ from napari_aeseg.core.postprocess import (
     entropy,
     instances_from_probabilities,
     instances_to_classes,
+    parse_voxel_size,
     relabel_sequential,
     relative_spacing,
     semantic_labels,
@@ -211,6 +212,8 @@ def test_seed_box_spans_the_same_length_along_each_axis():
         ((np.nan, 1.0, 1.0), "positive"),
         ("abc", "3 numbers"),
         ({"Y": 1.0, "X": 1.0}, "no value for axis Z"),
+        ((1e-320, 1.0, 1.0), "differ by more than 1000x"),
+        ((0.001, 1.0, 2.0), "differ by more than 1000x"),
     ],
 )
 def test_bad_voxel_sizes_are_refused(spacing, message):
@@ -220,5 +223,20 @@ def test_bad_voxel_sizes_are_refused(spacing, message):
 
 def test_voxel_size_by_axis_letter():
     assert spatial_spacing({"Z": 2, "Y": 0.5, "X": 0.4, "T": 9}, "ZYX") == (2.0, 0.5, 0.4)
+    assert spatial_spacing({"z": 2, "y": 0.5, "x": 0.4}, "ZYX") == (2.0, 0.5, 0.4)
     assert spatial_spacing({"Z": 2, "Y": 0.5, "X": 0.4}, "YX") == (0.5, 0.4)
     assert spatial_spacing(None, "YX") is None
+
+
+@pytest.mark.parametrize(
+    ("text", "sizes"),
+    [("2, 0.5, 0.5", (2.0, 0.5, 0.5)), ("2 0.5 0.5", (2.0, 0.5, 0.5)), ("1e-3,1", (1e-3, 1.0))],
+)
+def test_voxel_size_typed_with_commas_or_spaces(text, sizes):
+    assert parse_voxel_size(text) == sizes
+
+
+@pytest.mark.parametrize("text", ["1,,2", "1,2,", "", "a,b", "1;2"])
+def test_voxel_size_text_that_is_not_sizes(text):
+    with pytest.raises(InvalidInputError, match="is not sizes"):
+        parse_voxel_size(text)

@@ -403,6 +403,7 @@ def test_instant_classifier_on_a_3d_stack(qtbot, make_napari_viewer):
     probs = np.stack([1 - fg, fg])
     spaced = instances_from_probabilities(probs, spacing=(2, 1, 1))
     np.testing.assert_array_equal(seg.data, spaced)
+    assert "split in space (voxel size Z 2, Y 1, X 1)" in widget.status.text()
     # a voxel size typed in the field wins over the layer's scale
     widget.spacing_edit.setText("1, 1, 1")
     widget.run_button.click()
@@ -410,6 +411,7 @@ def test_instant_classifier_on_a_3d_stack(qtbot, make_napari_viewer):
     cubes = instances_from_probabilities(probs)
     assert not np.array_equal(cubes, spaced)
     np.testing.assert_array_equal(viewer.layers["stack segmentation"].data, cubes)
+    assert "split in space" not in widget.status.text()
 
 
 def test_masks_in_marked_crops_leave_the_rest_unlabeled(qtbot, segment_viewer, cells, two_crops):
@@ -642,3 +644,31 @@ def test_instant_classifier_on_a_stack_of_slices(qtbot, make_napari_viewer):
     seg = np.asarray(viewer.layers["stack segmentation"].data)
     assert seg.shape == noisy.shape and not seg[0].any() and seg[2].any()
     assert score_instances(labels[2], seg[2]).pixel_iou > 0.6
+
+
+def test_voxel_size_follows_the_image_layer(qtbot, make_napari_viewer, cells, shown):
+    """The greyed voxel size follows the layer's scale; a size typed for one image is not
+    used for the next; a flipped layer (negative scale) segments as before."""
+    noisy, _, scribbles = cells
+    viewer = make_napari_viewer()
+    viewer.add_image(noisy, name="flipped", scale=(-1.0, 1.0))
+    stack = viewer.add_image(np.stack([noisy] * 4), name="stack", scale=(3.0, 1.0, 1.0))
+    _, widget = viewer.window.add_plugin_dock_widget("napari-aeseg", "Segment")
+    widget.set_options(image="stack", mode=INSTANT, device="cpu")
+    assert widget.spacing_edit.placeholderText() == "layer scale: 3, 1, 1"
+    stack.scale = (2.0, 1.0, 1.0)
+    assert widget.spacing_edit.placeholderText() == "layer scale: 2, 1, 1"
+    widget.spacing_edit.setText("5, 1, 1")
+    widget.set_options(image="flipped")
+    assert widget.spacing_edit.text() == ""
+    assert widget.spacing_edit.placeholderText() == "layer scale: 1, 1"
+    paint(viewer, widget, scribbles)
+    widget.run_button.click()
+    wait_idle(qtbot, widget, timeout=60_000)
+    assert not shown
+    assert widget.status.text().startswith("Done:") and "split in space" not in widget.status.text()
+    for text, message in (("1,,2", "is not sizes"), ("1, 2, 3", "needs 2 values")):
+        widget.spacing_edit.setText(text)
+        widget.run_button.click()
+        wait_idle(qtbot, widget, timeout=60_000)
+        assert message in shown[-1] and shown[-1].startswith("Voxel size:")

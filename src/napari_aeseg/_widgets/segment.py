@@ -48,6 +48,8 @@ from ..core.metrics import score_instances
 from ..core.postprocess import (
     entropy,
     instances_from_probabilities,
+    parse_voxel_size,
+    relative_spacing,
     semantic_labels,
     spatial_spacing,
 )
@@ -421,7 +423,10 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         self._model: SegmenterModel | None = None
         self._registered_name: str | None = None
         self._features: tuple[tuple, np.ndarray] | None = None
-        self._live = _LiveLink(self._schedule_live)
+        self._spacing: tuple[float, ...] | None = None  # the voxel size of the last run
+        self._live = _LayerLink(self._schedule_live)
+        # the image layer's scale, shown greyed in the empty Voxel size field
+        self._scale_link = _LayerLink(self._show_layer_scale, events=("scale",))
         self._live_pending = False
         self._quiet = False
         self._last_status = 0.0
@@ -435,7 +440,8 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         job_ref = [self._job]
         self.destroyed.connect(lambda *_: SESSION.changed.disconnect(on_change))
         self.destroyed.connect(lambda *_: job_ref[0].shutdown())
-        live = self._live
+        live, scale_link = self._live, self._scale_link
+        self.destroyed.connect(lambda *_: scale_link.unfollow())
         self.destroyed.connect(lambda *_: live.unfollow())
         self._job_ref = job_ref
         denoisers = self._denoisers()  # the newest denoiser of the session is the encoder
@@ -792,6 +798,8 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         layer = self.image_combo.layer()
         if layer is not None:
             self.axes_edit.setText(guess_layer_axes(layer))
+        if self._scale_link.follow(layer):
+            self.spacing_edit.clear()  # a size typed for another image
         self._on_axes_changed()
 
     def _on_axes_changed(self) -> None:
@@ -827,7 +835,8 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         if len(scale) != len(axes.replace("C", "")):
             return None
         by_axis = dict(zip(axes.replace("C", ""), scale, strict=True))
-        return tuple(float(by_axis[a]) for a in ("ZYX" if "Z" in axes else "YX"))
+        # a negative scale flips the display; the size is its magnitude
+        return tuple(abs(float(by_axis[a])) for a in ("ZYX" if "Z" in axes else "YX"))
 
     def _voxel_size(self, layer: Image, axes: str) -> tuple[float, ...] | None:
         """The Voxel size field, or the layer's scale when it is empty; checked."""
@@ -836,12 +845,10 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         if not text:
             return spatial_spacing(self._layer_voxel_size(layer, axes), spatial)
         try:
-            values = [float(v) for v in text.replace(",", " ").split()]
-            return spatial_spacing(values, spatial)
-        except (ValueError, AesegError) as exc:
-            detail = str(exc) if isinstance(exc, AesegError) else f"'{text}' is not numbers"
+            return spatial_spacing(parse_voxel_size(text), spatial)
+        except AesegError as exc:
             raise InvalidInputError(
-                f"Voxel size: {detail}; give {len(spatial)} sizes ({', '.join(spatial)}) or "
+                f"Voxel size: {exc}; give {len(spatial)} sizes ({', '.join(spatial)}) or "
                 "leave it empty for the layer's scale"
             ) from None
 
@@ -1092,7 +1099,9 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
                     f"'{regions_layer.name}': draw the rectangles around labeled objects"
                 )
         target = "instances" if masks else self.target_combo.currentText()
-        spacing = self._voxel_size(image, axes)
+        # only instances are split by distances
+        spacing = self._voxel_size(image, axes) if target == "instances" else None
+        self._spacing = spacing
         device = resolve_device(self.device_combo.device())
         encoder = self.encoder()
         denoiser = self.denoiser()
@@ -1397,6 +1406,11 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         if target == "instances" and n:  # to check against "Min object size"
             unit = "voxels" if "Z" in axes else "pixels"
             what += f" (median {int(np.median(sizes))} {unit})"
+            spacing = self._spacing
+            if spacing is not None and relative_spacing(spacing, len(spacing)) is not None:
+                spatial = "ZYX"[-len(spacing) :]
+                sizes_text = ", ".join(f"{a} {v:g}" for a, v in zip(spatial, spacing, strict=True))
+                what += f", split in space (voxel size {sizes_text})"
         where = f" in frame {frame}" if frame is not None else ""
         if result.model is not None:  # the run ends on the training it did, not the tiles
             self.progress.setFormat("%v / %m steps")
@@ -1431,19 +1445,24 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
     def _shutdown(self) -> None:
         self._live_timer.stop()
         self._live.unfollow()
+        self._scale_link.unfollow()
         self._job.shutdown()
 
 
-class _LiveLink:
-    """The connection of Live update to one labels layer's paint strokes and data changes.
+class _LayerLink:
+    """The connection of the widget to some events of one layer: by default a labels layer's
+    paint strokes and data changes (Live update).
 
     Kept apart from the widget so that the widget's ``destroyed`` signal can cut it without
     touching the (deleted) widget.
     """
 
-    def __init__(self, on_change) -> None:
+    # napari >= 0.4.19: one 'paint' event per brush stroke (undo step); 'data' catches
+    # layer.data = ... from scripts and plugins
+    def __init__(self, on_change, events: tuple[str, ...] = ("paint", "data")) -> None:
         self.layer = None
         self._on_change = on_change
+        self._events = events
 
     def follow(self, layer) -> bool:
         """Follow ``layer`` (or nothing); true when that changed anything."""
@@ -1451,17 +1470,15 @@ class _LiveLink:
             return False
         self.unfollow()
         if layer is not None:
-            # napari >= 0.4.19: one 'paint' event per brush stroke (undo step);
-            # 'data' catches layer.data = ... from scripts and plugins
-            layer.events.paint.connect(self._fire)
-            layer.events.data.connect(self._fire)
+            for name in self._events:
+                getattr(layer.events, name).connect(self._fire)
             self.layer = layer
         return True
 
     def unfollow(self) -> None:
         if self.layer is not None:
-            self.layer.events.paint.disconnect(self._fire)
-            self.layer.events.data.disconnect(self._fire)
+            for name in self._events:
+                getattr(self.layer.events, name).disconnect(self._fire)
             self.layer = None
 
     def _fire(self, *_) -> None:

@@ -205,7 +205,10 @@ def _tiff_spacing(tif, axes: str | None) -> dict[str, float] | None:
     if tif.is_imagej:
         meta = tif.imagej_metadata or {}
         unit = meta.get("unit")
-        sizes = {**resolution, "Z": meta.get("spacing")}
+        z_step = meta.get("spacing")
+        if z_step is None and isinstance(_unit_key(meta.get("zunit", unit)), float):
+            z_step = 1.0  # ImageJ leaves out a Z step of exactly 1 (its default)
+        sizes = {**resolution, "Z": z_step}
         units = {"X": unit, "Y": meta.get("yunit", unit), "Z": meta.get("zunit", unit)}
         spacing = _clean_spacing(sizes, units, axes)
         uncalibrated = _unit_key(unit) in (None, "pixel", "pixels")

@@ -115,12 +115,17 @@ def typical_radius(mask: np.ndarray, edt: np.ndarray, min_size: int = 0) -> floa
     return float(np.median(deepest))
 
 
+#: the largest ratio of two voxel sizes (beyond it, sizes in mixed units are the likelier cause)
+MAX_SPACING_RATIO = 1000.0
+
+
 def spatial_spacing(spacing, spatial_axes: str) -> tuple[float, ...] | None:
     """The voxel size along ``spatial_axes`` (``"ZYX"`` or ``"YX"``) from a sequence in that
     order or a mapping by axis letter (as :class:`~.image_io.ImageFile` gives it); checked."""
     if spacing is None:
         return None
     if isinstance(spacing, Mapping):
+        spacing = {str(k).upper(): v for k, v in spacing.items()}
         missing = [a for a in spatial_axes if a not in spacing]
         if missing:
             raise InvalidInputError(
@@ -150,8 +155,27 @@ def relative_spacing(spacing, ndim: int) -> np.ndarray | None:
         )
     if not np.isfinite(sp).all() or (sp <= 0).any():
         raise InvalidInputError(f"the voxel size must be positive numbers, got {spacing!r}")
-    rel = sp / sp.min()
+    with np.errstate(over="ignore"):
+        rel = sp / sp.min()
+    if not np.isfinite(rel).all() or rel.max() > MAX_SPACING_RATIO:
+        raise InvalidInputError(
+            f"the voxel sizes {spacing!r} differ by more than {MAX_SPACING_RATIO:g}x: give "
+            "them in one unit"
+        )
     return None if np.allclose(rel, 1.0) else rel
+
+
+def parse_voxel_size(text: str) -> tuple[float, ...]:
+    """Sizes as a user types them: numbers separated by commas, spaces or both."""
+    parts = [p.strip() for p in text.strip().split(",")]
+    try:
+        if any(not p for p in parts):
+            raise ValueError
+        return tuple(float(v) for p in parts for v in p.split())
+    except ValueError:
+        raise InvalidInputError(
+            f"'{text}' is not sizes like 2, 0.5, 0.5 (numbers separated by commas or spaces)"
+        ) from None
 
 
 def default_seed_window(radius: float, ndim: int, spacing=None) -> int | tuple[int, ...]:
