@@ -384,7 +384,9 @@ def test_instant_classifier_on_a_3d_stack(qtbot, make_napari_viewer):
     s = synthetic_nuclei((16, 64, 64), seed=5)
     noisy = add_noise(s.clean, gaussian=0.15, seed=6, value_range=(0.0, 1.0))
     viewer = make_napari_viewer()
-    viewer.add_image(noisy, name="stack", scale=(2.0, 1.0, 1.0))
+    image = viewer.add_image(
+        noisy, name="stack", scale=(2.0, 1.0, 1.0), units="µm", axis_labels=("z", "y", "x")
+    )
     _, widget = viewer.window.add_plugin_dock_widget("napari-aeseg", "Segment")
     widget.set_options(image="stack", mode=INSTANT)
     assert widget.axes_edit.text() == "ZYX"
@@ -396,6 +398,9 @@ def test_instant_classifier_on_a_3d_stack(qtbot, make_napari_viewer):
     wait_idle(qtbot, widget, timeout=60_000)
     seg = viewer.layers["stack segmentation"]
     assert seg.data.shape == noisy.shape
+    # the image's units and axis labels too (other units make napari warn and drop them)
+    for other in (layer, seg, viewer.layers["stack probability"]):
+        assert other.units == image.units and other.axis_labels == image.axis_labels
     assert score_instances(s.labels, np.asarray(seg.data)).pixel_iou > 0.6
     # objects are split in space: the layer's Z step is twice its pixel
     assert widget.spacing_edit.placeholderText() == "layer scale: 2, 1, 1"

@@ -317,13 +317,22 @@ def labels_shape(layer: Image, axes: str) -> tuple[int, ...]:
 
 
 def label_space(layer: Image, axes: str) -> dict:
-    """Scale and translation of ``layer`` without a (non-RGB) channel axis."""
-    scale, translate = tuple(layer.scale), tuple(layer.translate)
-    if not layer.rgb and "C" in axes and len(axes) == len(scale):
+    """Scale, translation, units and axis labels of ``layer`` without a (non-RGB) channel
+    axis (layers with other units than the image's make napari warn and drop units)."""
+    space = {"scale": tuple(layer.scale), "translate": tuple(layer.translate)}
+    for key in ("units", "axis_labels"):
+        if hasattr(layer, key):
+            space[key] = tuple(str(v) for v in getattr(layer, key))
+    if not layer.rgb and "C" in axes and len(axes) == len(space["scale"]):
         keep = [i for i, a in enumerate(axes) if a != "C"]
-        scale = tuple(scale[i] for i in keep)
-        translate = tuple(translate[i] for i in keep)
-    return {"scale": scale, "translate": translate}
+        space = {key: tuple(values[i] for i in keep) for key, values in space.items()}
+    return space
+
+
+def with_leading_axis(space: dict, label: str) -> dict:
+    """``space`` for data with one more axis in front (unit scale, no shift)."""
+    first = {"scale": 1.0, "translate": 0.0, "units": "pixel", "axis_labels": label}
+    return {key: (first[key], *values) for key, values in space.items()}
 
 
 def _put(viewer, kind, name: str, data: np.ndarray, space: dict, **display):
@@ -334,6 +343,9 @@ def _put(viewer, kind, name: str, data: np.ndarray, space: dict, **display):
             existing.scale = space["scale"]
         if not np.allclose(existing.translate, space["translate"]):
             existing.translate = space["translate"]
+        for key in ("units", "axis_labels"):
+            if key in space and tuple(map(str, getattr(existing, key))) != space[key]:
+                setattr(existing, key, space[key])
         existing.data = data
         return existing
     index = None
@@ -1365,10 +1377,7 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
             unc = _in_frame(self.viewer, Image, names[2], unc, frame, t, full_shape, np.float32)
         prob_space = space
         if prob.ndim > len(space["scale"]):  # one plane per class in front
-            prob_space = {
-                "scale": (1.0, *space["scale"]),
-                "translate": (0.0, *space["translate"]),
-            }
+            prob_space = with_leading_axis(space, "class")
         _put(
             self.viewer,
             Image,

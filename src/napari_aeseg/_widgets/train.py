@@ -241,12 +241,13 @@ def show_result_layer(viewer, name: str, image: np.ndarray, metadata: dict, disp
         **({"colormap": display["colormap"]} if display["colormap"] is not None else {}),
         **kwargs,
     )
-    add_output(viewer, layer, name, index)
+    # before the layer joins the viewer: units unlike the image's make napari warn
     for key, value in extra.items():
         try:
             setattr(layer, key, value)
         except (ValueError, TypeError):
             pass  # e.g. units napari does not know: the overlay does not depend on them
+    add_output(viewer, layer, name, index)
     return layer
 
 
