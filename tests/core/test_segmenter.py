@@ -364,6 +364,25 @@ def test_pixel_classifier_on_encoder_and_classic_features(nuclei_2d, denoiser, s
         PixelClassifier().fit(feats, (scribbles == 2).astype(np.uint8) * 2)
 
 
+def test_encoder_features_use_the_free_memory(nuclei_2d, denoiser, monkeypatch):
+    """Beyond the fixed floor, features may take up to half the free memory."""
+    from napari_aeseg.core import features
+
+    _, noisy, _ = nuclei_2d
+    size = (1 + 8 + 16 + 32) * noisy.size * 4
+    monkeypatch.setattr(features, "_MAX_FEATURE_BYTES", size // 4)
+    monkeypatch.setattr(features, "available_memory", lambda: 4 * size)
+    assert encoder_features(denoiser, noisy, device="cpu").shape[1:] == noisy.shape
+    monkeypatch.setattr(features, "available_memory", lambda: size)
+    with pytest.raises(InvalidInputError, match="more than half the free memory"):
+        encoder_features(denoiser, noisy, device="cpu")
+    monkeypatch.setattr(features, "available_memory", lambda: None)
+    with pytest.raises(InvalidInputError, match="classic features"):
+        encoder_features(denoiser, noisy, device="cpu")
+    monkeypatch.undo()
+    assert features.available_memory() > 0  # this machine says
+
+
 def test_joint_training_keeps_every_patch_on_the_strokes(nuclei_2d):
     """The denoising loss of joint training must not take the place of the few labeled
     pixels: patches drawn anywhere (half of them, before) starved the segmentation loss,

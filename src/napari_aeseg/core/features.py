@@ -11,6 +11,7 @@ serve instead.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -25,8 +26,29 @@ from .errors import InvalidInputError
 from .segmenter import MAX_SCRIBBLE_CLASSES
 from .tiling import iter_predict_tiled, run_generator
 
-#: refuse feature stacks larger than this (bytes); features are held in memory
+#: feature stacks up to this size (bytes) are always allowed; larger ones up to half the
+#: free memory (features are held in memory, and refits reuse them)
 _MAX_FEATURE_BYTES = 3 * 1024**3
+
+
+def available_memory() -> int | None:
+    """Bytes of memory free for new allocations, or None when the system does not say."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def feature_budget() -> int:
+    """The largest feature stack (bytes) :func:`encoder_features` computes."""
+    free = available_memory()
+    return max(_MAX_FEATURE_BYTES, free // 2) if free else _MAX_FEATURE_BYTES
 
 
 def encoder_features(
@@ -58,9 +80,12 @@ def encoder_features(
     use = list(levels) if levels is not None else list(range(len(chans)))
     n_feat = layout.channels + sum(chans[i] for i in use)
     size = n_feat * int(np.prod(layout.spatial_shape)) * 4
-    if size > _MAX_FEATURE_BYTES:
+    budget = feature_budget()
+    if size > budget:
         raise InvalidInputError(
-            f"features of this image would take {size / 1024**3:.1f} GiB; use a crop or a slice"
+            f"the encoder's features of this image would take {size / 1024**3:.1f} GiB, more "
+            f"than half the free memory ({budget / 1024**3:.1f} GiB); use a crop or a slice, "
+            "or the classic features (encoder: none)"
         )
     mode = "trilinear" if layout.spatial_dims == 3 else "bilinear"
 
