@@ -541,6 +541,9 @@ def test_segment_a_stack_with_its_voxel_size(tmp_path, capsys):
         assert ("voxel size Z 0.9, Y 0.3, X 0.3 (from the file)" in err) == (name == "auto")
         labels[name] = read_image(out / "stack_labels.tif")
         prob = tifffile.imread(out / "stack_prob.tif")
+        found = np.count_nonzero(np.unique(labels[name].data))
+        assert f"stack_labels.tif ({found} objects)" in err
+        assert labels[name].axes == "ZYX" and read_image(out / "stack_prob.tif").axes == "CZYX"
     np.testing.assert_array_equal(labels["auto"].data, labels["given"].data)
     np.testing.assert_array_equal(
         labels["auto"].data, instances_from_probabilities(prob, spacing=(3, 1, 1))
@@ -558,6 +561,10 @@ def test_segment_a_stack_with_its_voxel_size(tmp_path, capsys):
     np.testing.assert_array_equal(
         read_image(tmp_path / "xy" / "xy.ome_labels.tif").data, labels["none"].data
     )
+    plain = tmp_path / "plain.tif"
+    tifffile.imwrite(plain, stack)
+    assert main(["segment", str(seg), str(plain), "--out", str(tmp_path / "plain")]) == 0
+    assert "plain.tif: the file records no voxel size" in capsys.readouterr().err
     bad = ["segment", str(seg), str(image), "--out", str(tmp_path / "bad")]
     assert "--spacing for stack.tif: the voxel size needs 3 values" in _error(
         capsys, [*bad, "--spacing", "0.3,0.3"]

@@ -350,10 +350,13 @@ def _voxel_size(args, f, layout) -> tuple[tuple[str, float], ...] | None:
         recorded = f.spacing or {}
         missing = [a for a in axes if a not in recorded]
         if missing:
-            if "Z" in axes and not args.quiet and len(missing) < len(axes):
+            if "Z" in axes and not args.quiet:
+                what = (
+                    "voxel size" if len(missing) == len(axes) else f"size for {', '.join(missing)}"
+                )
                 print(
-                    f"{f.path.name}: the file records no size for {', '.join(missing)}; voxels "
-                    f"are taken as cubes (--spacing {','.join(axes)} to give them)",
+                    f"{f.path.name}: the file records no {what}; voxels are taken as cubes "
+                    f"(--spacing {','.join(axes)} to give it)",
                     file=sys.stderr,
                 )
             return None
@@ -504,7 +507,7 @@ def _segment(args) -> int:
     truths = [read_image(p).data for p in args.truth] if args.truth else None
     if truths is not None and len(truths) != len(files):
         raise InvalidInputError("give one --truth file per image")
-    all_axes, spacings = [], []
+    all_axes, spacings, layouts = [], [], []
     for i, f in enumerate(files):
         axes = args.axes or (f.axes if f.axes and len(f.axes) == f.data.ndim else None)
         all_axes.append(axes)
@@ -516,6 +519,7 @@ def _segment(args) -> int:
         layout = model.check_layout(f.data.shape, axes)
         _check_tiling(model, layout, args)
         spacings.append(_voxel_size(args, f, layout))
+        layouts.append(layout)
         want = (
             *[layout.shape[layout.axes.index(a)] for a in layout.sample_axes],
             *layout.spatial_shape,
@@ -550,14 +554,23 @@ def _segment(args) -> int:
             f"segment {f.path.name}",
             args.quiet,
         )
-        write_tiff(out_dir / f"{f.path.stem}_labels.tif", result.labels, spacing=space)
-        write_tiff(out_dir / f"{f.path.stem}_prob.tif", result.probabilities, spacing=space)
-        write_tiff(out_dir / f"{f.path.stem}_uncertainty.tif", result.uncertainty, spacing=space)
+        # axes of the outputs (a stack of 2D slices, S, has no TIFF axis letter)
+        out_axes = layouts[i].sample_axes + layouts[i].spatial_axes
+        out_axes = None if "S" in out_axes else out_axes
+        prob_axes = None if out_axes is None else "C" + out_axes
+        stem = out_dir / f.path.stem
+        write_tiff(f"{stem}_labels.tif", result.labels, axes=out_axes, spacing=space)
+        write_tiff(f"{stem}_prob.tif", result.probabilities, axes=prob_axes, spacing=space)
+        write_tiff(f"{stem}_uncertainty.tif", result.uncertainty, axes=out_axes, spacing=space)
         if truths is not None:
             print(f"{f.path.name}: {score_instances(truths[i], result.labels).summary()}")
         if not args.quiet:
+            if model.config.target == "instances":
+                found = f"{np.count_nonzero(np.unique(result.labels))} objects"
+            else:
+                found = f"{model.config.n_classes} classes"
             print(
-                f"wrote {out_dir}/{f.path.stem}_labels.tif and _prob.tif, _uncertainty.tif",
+                f"wrote {stem}_labels.tif ({found}) and _prob.tif, _uncertainty.tif",
                 file=sys.stderr,
             )
     return 0
