@@ -62,3 +62,26 @@ def test_newer_format_is_refused_with_advice():
 def test_noise_spec_parse():
     assert NoiseSpec.parse("Poisson:12").level == 12
     assert NoiseSpec.parse("salt-pepper").kind == "salt_pepper"
+
+
+def test_a_thread_count_the_user_set_is_kept(monkeypatch):
+    """torch.set_num_threads after importing napari_aeseg wins over using every core."""
+    import torch
+
+    from napari_aeseg.core import devices
+
+    before = torch.get_num_threads()
+    monkeypatch.delenv("AESEG_NUM_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    try:
+        monkeypatch.setattr(devices, "_threads_configured", False)
+        monkeypatch.setattr(devices, "_THREADS_AT_IMPORT", before + 3)
+        devices.resolve_device("cpu")
+        assert torch.get_num_threads() == before
+        monkeypatch.setattr(devices, "_threads_configured", False)
+        monkeypatch.setattr(devices, "_THREADS_AT_IMPORT", before)
+        monkeypatch.setenv("AESEG_NUM_THREADS", str(before + 1))
+        devices.resolve_device("cpu")
+        assert torch.get_num_threads() == before + 1
+    finally:
+        torch.set_num_threads(before)

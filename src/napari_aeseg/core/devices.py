@@ -13,18 +13,22 @@ DeviceName = Literal["auto", "cuda", "mps", "cpu"]
 DEVICE_CHOICES: tuple[str, ...] = ("auto", "cuda", "mps", "cpu")
 
 _threads_configured = False
+#: torch's thread count when this module was imported: another count later is the user's
+_THREADS_AT_IMPORT = torch.get_num_threads()
 
 
 def _configure_cpu_threads() -> None:
     """Use every core the process may run on (torch defaults to physical cores only).
 
     A thread count the user chose wins: ``OMP_NUM_THREADS`` or ``AESEG_NUM_THREADS`` in the
-    environment, or a ``torch.set_num_threads`` call made before.
+    environment, or a ``torch.set_num_threads`` call made after napari_aeseg was imported.
     """
     global _threads_configured
     if _threads_configured:
         return
     _threads_configured = True
+    if torch.get_num_threads() != _THREADS_AT_IMPORT:
+        return
     chosen = os.environ.get("AESEG_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS")
     if chosen:
         try:
