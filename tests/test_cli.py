@@ -574,3 +574,17 @@ def test_segment_a_stack_with_its_voxel_size(tmp_path, capsys):
         main([*bad, "--spacing", "0,1,1"])
     assert exit_info.value.code == 2
     assert "positive sizes" in capsys.readouterr().err
+
+
+def test_train_segmenter_patch_depth(tmp_path):
+    from napari_aeseg.core.synthetic import synthetic_nuclei
+
+    s = synthetic_nuclei((16, 32, 32), radius=(4, 6), seed=1)
+    tifffile.imwrite(tmp_path / "stack.tif", s.clean, metadata={"axes": "ZYX"})
+    tifffile.imwrite(tmp_path / "masks.tif", s.labels, metadata={"axes": "ZYX"})
+    out = tmp_path / "seg.aeseg"
+    argv = ["train-segmenter", str(tmp_path / "stack.tif"), "--labels", str(tmp_path / "masks.tif")]
+    argv += ["--labels-kind", "instances", "--out", str(out), "--patch", "32", "--patch-z", "8"]
+    argv += ["--steps", "2", "--batch", "2", "--channels", "8", "--device", "cpu", "--quiet"]
+    assert main(argv) == 0
+    assert load_model(out).config.training.patch_size_z == 8

@@ -169,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="train all --steps from a denoiser even when the labels cover a small area",
     )
     s.add_argument("--patch", type=int, default=64)
+    s.add_argument("--patch-z", type=int, default=16, help="patch size in Z (3D data)")
     s.add_argument("--batch", type=int, default=8)
     s.add_argument("--lr", type=_finite, default=1e-3)
     s.add_argument("--channels", type=int, default=32, help="base channels (no encoder only)")
@@ -467,6 +468,7 @@ def _train_segmenter(args) -> int:
         base_channels=args.channels,
         steps=args.steps,
         patch_size=args.patch,
+        patch_size_z=args.patch_z,
         batch_size=args.batch,
         learning_rate=args.lr,
         joint_denoising=args.joint,

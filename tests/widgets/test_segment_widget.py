@@ -390,6 +390,7 @@ def test_instant_classifier_on_a_3d_stack(qtbot, make_napari_viewer):
     _, widget = viewer.window.add_plugin_dock_widget("napari-aeseg", "Segment")
     widget.set_options(image="stack", mode=INSTANT)
     assert widget.axes_edit.text() == "ZYX"
+    assert widget.patch_size_z.isEnabled()
     layer = widget.new_scribble_layer()
     assert layer.data.shape == noisy.shape
     np.testing.assert_allclose(layer.scale, (2.0, 1.0, 1.0))
@@ -667,6 +668,7 @@ def test_voxel_size_follows_the_image_layer(qtbot, make_napari_viewer, cells, sh
     widget.set_options(image="flipped")
     assert widget.spacing_edit.text() == ""
     assert widget.spacing_edit.placeholderText() == "layer scale: 1, 1"
+    assert not widget.patch_size_z.isEnabled()
     paint(viewer, widget, scribbles)
     widget.run_button.click()
     wait_idle(qtbot, widget, timeout=60_000)

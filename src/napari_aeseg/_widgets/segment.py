@@ -604,6 +604,7 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         self.patch_size = spin_box(
             8, 1024, 64, step=8, tip="Patch side in pixels (multiple of 2**depth)"
         )
+        self.patch_size_z = spin_box(4, 1024, 16, step=4, tip="Patch depth along Z (3D only)")
         self.base_channels = spin_box(
             4, 256, 32, step=4, tip="Feature maps at full resolution (random init only)"
         )
@@ -645,6 +646,7 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         for label, w in (
             ("Batch size", self.batch_size),
             ("Patch size", self.patch_size),
+            ("Patch depth", self.patch_size_z),
             ("Base channels", self.base_channels),
             ("Depth", self.depth),
             ("Freeze encoder", self.freeze_steps),
@@ -715,6 +717,7 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
             "steps": self.steps,
             "batch_size": self.batch_size,
             "patch_size": self.patch_size,
+            "patch_size_z": self.patch_size_z,
             "base_channels": self.base_channels,
             "depth": self.depth,
             "freeze_encoder_steps": self.freeze_steps,
@@ -823,6 +826,7 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
             else f"Live update (refit {LIVE_DELAY_MS} ms after each stroke)"
         )
         self.run_button.setToolTip(self._run_tip(frames))
+        self.patch_size_z.setEnabled("Z" in self.axes_edit.text().strip().upper())
         self._show_layer_scale()
         self._update_buttons()
 
@@ -1161,6 +1165,7 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
             steps=self.steps.value(),
             batch_size=self.batch_size.value(),
             patch_size=self.patch_size.value(),
+            patch_size_z=self.patch_size_z.value(),
             learning_rate=self.learning_rate.value(),
             joint_denoising=self.joint_check.isChecked(),
             seed=self.seed.value(),
