@@ -674,6 +674,10 @@ def test_voxel_size_follows_the_image_layer(qtbot, make_napari_viewer, cells, sh
     wait_idle(qtbot, widget, timeout=60_000)
     assert not shown
     assert widget.status.text().startswith("Done:") and "split in space" not in widget.status.text()
+    # the bar of the instant run is not shown as steps of the other mode
+    widget.set_options(mode=FINE_TUNE)
+    assert widget.progress.text() == f"0 / {widget.steps.value()} steps"
+    widget.set_options(mode=INSTANT)
     for text, message in (("1,,2", "is not sizes"), ("1, 2, 3", "needs 2 values")):
         widget.spacing_edit.setText(text)
         widget.run_button.click()

@@ -893,6 +893,7 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         for w in (
             self.batch_size,
             self.patch_size,
+            self.patch_size_z,
             self.base_channels,
             self.depth,
             self.freeze_steps,
@@ -911,6 +912,8 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         self.run_button.setToolTip(
             self._run_tip(_frame_axis(self.axes_edit.text().strip().upper()) is not None)
         )
+        if not self._running:
+            self.progress.setValue(0)  # the last run was of the other mode
         self._idle_progress()
         self._on_labels_changed()
         self._update_buttons()
