@@ -40,7 +40,9 @@ def test_train_from_start_button_then_denoise(qtbot, viewer_with_widgets, nuclei
     assert denoise.model_combo.currentText() == model.name
 
     denoise.run_button.click()
+    assert denoise.progress.maximum() == 0, "busy until the tiles are counted, not 0 / 100"
     wait_idle(qtbot, denoise)
+    assert denoise.progress.value() == denoise.progress.maximum() > 0
     out_layer = viewer.layers[output_name("noisy", model.name)]
     out = np.asarray(out_layer.data)
     assert out.shape == noisy.shape and out.dtype == np.float32

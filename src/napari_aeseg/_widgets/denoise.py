@@ -272,7 +272,7 @@ class DenoiseWidget(StopsWhenUndocked, QWidget):
         )
         self._cancel.clear()
         self._running = True
-        self.progress.setValue(0)
+        self.progress.setRange(0, 0)  # busy until the first tile tells how many there are
         self.status.setText(f"Denoising '{layer.name}' with '{model.name}'...")
         self._update_buttons()
         self._worker = start_job(
@@ -293,6 +293,8 @@ class DenoiseWidget(StopsWhenUndocked, QWidget):
     def _on_return(self, result) -> None:
         self._running = False
         self._worker = None
+        if self.progress.maximum() == 0:  # ended before the first tile
+            self.progress.setRange(0, 1)
         try:
             if isinstance(result, Denoised):
                 name, metadata, display = self._target
