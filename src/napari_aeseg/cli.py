@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=int, default=2000)
     t.add_argument("--patch", type=int, default=64, help="patch size in Y and X")
     t.add_argument("--patch-z", type=int, default=16, help="patch size in Z (3D data)")
-    t.add_argument("--batch", type=int, default=16)
+    t.add_argument("--batch", type=int, default=None, help="patches per step (16; 4 in 3D)")
     t.add_argument("--depth", type=int, default=2)
     t.add_argument("--channels", type=int, default=32, help="base channels of the network")
     t.add_argument("--lr", type=_finite, default=1e-3, help="learning rate")

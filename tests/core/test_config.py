@@ -85,3 +85,11 @@ def test_a_thread_count_the_user_set_is_kept(monkeypatch):
         assert torch.get_num_threads() == before + 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_default_batch_follows_the_dimensionality():
+    from napari_aeseg.core.training import make_denoiser_config
+
+    assert make_denoiser_config((16, 64, 64), axes="ZYX").training.batch_size == 4
+    assert make_denoiser_config((64, 64), axes="YX").training.batch_size == 16
+    assert make_denoiser_config((16, 64, 64), axes="ZYX", batch_size=8).training.batch_size == 8

@@ -33,7 +33,13 @@ from ..core.data import check_axes_match
 from ..core.denoiser import DenoiserModel
 from ..core.devices import describe_device, resolve_device
 from ..core.errors import AesegError, InvalidInputError
-from ..core.training import DenoiserTrainer, TrainingProgress, make_denoiser_config
+from ..core.training import (
+    DEFAULT_BATCH_2D,
+    DEFAULT_BATCH_3D,
+    DenoiserTrainer,
+    TrainingProgress,
+    make_denoiser_config,
+)
 from ._common import (
     PREVIEW_METADATA,
     DeviceCombo,
@@ -73,6 +79,8 @@ NOISE_DEFAULTS = {
 }
 PREVIEW_PLANE = 256
 PREVIEW_PLANE_3D = 128
+#: a run expected to last longer than this (seconds) gets a hint in the status
+LONG_RUN_S = 3600
 PREVIEW_DEPTH = 32
 
 
@@ -334,7 +342,12 @@ class TrainDenoiserWidget(StopsWhenUndocked, QWidget):
         self.patch_z_label = QLabel("depth")
         patch_row = row_widget((self.patch_size, 1), self.patch_z_label, (self.patch_size_z, 1))
         form.addRow("Patch size", patch_row)
-        self.batch_size = spin_box(1, 4096, 16, tip="Patches per training step")
+        self.batch_size = spin_box(
+            1,
+            4096,
+            DEFAULT_BATCH_2D,
+            tip=f"Patches per training step ({DEFAULT_BATCH_2D}; {DEFAULT_BATCH_3D} for 3D)",
+        )
         form.addRow("Batch size", self.batch_size)
         self.steps = spin_box(1, 10_000_000, 2000, step=100, tip="Optimisation steps")
         form.addRow("Steps", self.steps)
@@ -455,6 +468,10 @@ class TrainDenoiserWidget(StopsWhenUndocked, QWidget):
         is_3d = "Z" in self.axes_edit.text().upper()
         self.patch_size_z.setEnabled(is_3d)
         self.patch_z_label.setEnabled(is_3d)
+        # the default batch follows the dimensionality, unless the user changed it
+        default, other = (DEFAULT_BATCH_3D, DEFAULT_BATCH_2D)[:: 1 if is_3d else -1]
+        if self.batch_size.value() == other:
+            self.batch_size.setValue(default)
 
     def _on_mode_changed(self, *_) -> None:
         dae = self.mode_combo.currentData() == "dae"
@@ -734,9 +751,12 @@ class TrainDenoiserWidget(StopsWhenUndocked, QWidget):
         self.progress.setValue(p.step)
         self.loss_plot.set_planned_steps(p.total_steps)
         val = f" · best val {p.best_val_loss:.4g}" if p.best_val_loss is not None else ""
+        slow = ""
+        if p.step >= 5 and p.eta_seconds is not None and p.eta_seconds > LONG_RUN_S:
+            slow = " · over an hour: a smaller patch or batch (or a GPU) is faster"
         self.status.setText(
             f"{p.steps_per_second:.1f} steps/s · ETA {format_seconds(p.eta_seconds)} · "
-            f"loss {p.train_loss:.4g}{val}"
+            f"loss {p.train_loss:.4g}{val}{slow}"
         )
 
     def _on_return(self, result) -> None:
