@@ -337,8 +337,22 @@ class TrainDenoiserWidget(StopsWhenUndocked, QWidget):
         form.addRow(self.noise_label, noise_row)
         self._on_noise_kind(self.noise_kind.currentText())
 
-        self.patch_size = spin_box(8, 4096, 64, step=8, tip="In-plane patch size (pixels)")
-        self.patch_size_z = spin_box(4, 1024, 16, step=4, tip="Patch depth along Z (3D only)")
+        self.patch_size = spin_box(
+            8,
+            4096,
+            64,
+            step=8,
+            tip="In-plane patch size (pixels). Below 32 the network does worse on the larger "
+            "tiles it denoises with (patch 16: 3 dB lower on synthetic nuclei)",
+        )
+        self.patch_size_z = spin_box(
+            4,
+            1024,
+            16,
+            step=4,
+            tip="Patch depth along Z (3D only). Below 16 the network fails on deeper tiles "
+            "(depth 8: darker than the input)",
+        )
         self.patch_z_label = QLabel("depth")
         patch_row = row_widget((self.patch_size, 1), self.patch_z_label, (self.patch_size_z, 1))
         form.addRow("Patch size", patch_row)
