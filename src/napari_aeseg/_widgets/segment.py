@@ -1132,18 +1132,7 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         self.metrics.setText("")
         if self.instant:
             return self._prepare_instant(
-                image,
-                data,
-                labels,
-                truth,
-                axes,
-                encoder,
-                denoiser,
-                device,
-                target,
-                masks,
-                region,
-                spacing,
+                image, data, labels, truth, axes, encoder, denoiser, device, target, masks, region
             )
         n_classes = None
         if not masks:
@@ -1195,19 +1184,7 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         return gen, config.training.steps
 
     def _prepare_instant(
-        self,
-        image,
-        data,
-        labels,
-        truth,
-        axes,
-        encoder,
-        denoiser,
-        device,
-        target,
-        masks,
-        region,
-        spacing,
+        self, image, data, labels, truth, axes, encoder, denoiser, device, target, masks, region
     ):
         frame = None
         frame_axes = axes
@@ -1278,7 +1255,7 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
             min_size=self.min_size.value(),
             truth=truth,
             frame=frame,
-            spacing=spacing,
+            spacing=self._spacing,
         )
         return gen, 3
 
