@@ -576,7 +576,7 @@ def test_segment_a_stack_with_its_voxel_size(tmp_path, capsys):
     assert "positive sizes" in capsys.readouterr().err
 
 
-def test_train_segmenter_patch_depth(tmp_path):
+def test_train_segmenter_patch_depth(tmp_path, capsys):
     from napari_aeseg.core.synthetic import synthetic_nuclei
 
     s = synthetic_nuclei((16, 32, 32), radius=(4, 6), seed=1)
@@ -585,6 +585,7 @@ def test_train_segmenter_patch_depth(tmp_path):
     out = tmp_path / "seg.aeseg"
     argv = ["train-segmenter", str(tmp_path / "stack.tif"), "--labels", str(tmp_path / "masks.tif")]
     argv += ["--labels-kind", "instances", "--out", str(out), "--patch", "32", "--patch-z", "8"]
-    argv += ["--steps", "2", "--batch", "2", "--channels", "8", "--device", "cpu", "--quiet"]
+    argv += ["--steps", "2", "--batch", "2", "--channels", "8", "--device", "cpu"]
     assert main(argv) == 0
     assert load_model(out).config.training.patch_size_z == 8
+    assert "loss=" in capsys.readouterr().err  # the bar shows the training loss

@@ -424,6 +424,9 @@ def _run_with_bar(gen, desc: str, quiet: bool, unit: str = "tile"):
             done_n = getattr(p, "done", None) or getattr(p, "step", 0)
             if bar is None:
                 bar = _progress_bar(total, desc, quiet, unit=unit)
+            loss = getattr(p, "train_loss", None)
+            if loss is not None:
+                bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
             bar.update(done_n - bar.n)
     finally:
         if bar is not None:
