@@ -12,8 +12,15 @@ The Python API (nothing heavy is imported until a name is used)::
 from __future__ import annotations
 
 import importlib
+import sys
 
 __version__ = "0.1.0"
+
+#: torch's CPU thread count when this package was imported, if torch was loaded by then: a
+#: different count later was set by the user and is kept (see ``core.devices``)
+_TORCH_THREADS_AT_IMPORT = (
+    sys.modules["torch"].get_num_threads() if "torch" in sys.modules else None
+)
 
 _API = {
     "train_denoiser": "napari_aeseg.core.training",

@@ -571,7 +571,8 @@ def _segment(args) -> int:
             print(f"{f.path.name}: {score_instances(truths[i], result.labels).summary()}")
         if not args.quiet:
             if model.config.target == "instances":
-                found = f"{np.count_nonzero(np.unique(result.labels))} objects"
+                n = np.count_nonzero(np.unique(result.labels))
+                found = f"{n} object{'s' if n != 1 else ''}"
             else:
                 found = f"{model.config.n_classes} classes"
             print(

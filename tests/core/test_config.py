@@ -93,3 +93,19 @@ def test_default_batch_follows_the_dimensionality():
     assert make_denoiser_config((16, 64, 64), axes="ZYX").training.batch_size == 4
     assert make_denoiser_config((64, 64), axes="YX").training.batch_size == 16
     assert make_denoiser_config((16, 64, 64), axes="ZYX", batch_size=8).training.batch_size == 8
+
+
+def test_a_thread_count_set_after_importing_the_package_is_kept():
+    """The usual script: import torch and napari_aeseg, set the threads, then work."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import torch, napari_aeseg; torch.set_num_threads(1); "
+        "from napari_aeseg.core.devices import resolve_device; resolve_device('cpu'); "
+        "print(torch.get_num_threads())"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.endswith("NUM_THREADS")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.stdout.strip() == "1", out.stderr

@@ -374,7 +374,7 @@ def test_encoder_features_use_the_free_memory(nuclei_2d, denoiser, monkeypatch):
     monkeypatch.setattr(features, "available_memory", lambda: 4 * size)
     assert encoder_features(denoiser, noisy, device="cpu").shape[1:] == noisy.shape
     monkeypatch.setattr(features, "available_memory", lambda: size)
-    with pytest.raises(InvalidInputError, match="more than half the free memory"):
+    with pytest.raises(InvalidInputError, match=r"allowed \(half the free memory"):
         encoder_features(denoiser, noisy, device="cpu")
     monkeypatch.setattr(features, "available_memory", lambda: None)
     with pytest.raises(InvalidInputError, match="classic features"):

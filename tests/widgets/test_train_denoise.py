@@ -384,6 +384,11 @@ def test_3d_gets_smaller_batches_and_long_runs_a_hint(make_napari_viewer):
     assert train.batch_size.value() == 16
     train.set_options(batch_size=6, axes="ZYX")
     assert train.batch_size.value() == 6
+    # a batch chosen by the user stays when layers come and go or the axes are re-entered
+    train.set_options(axes="YX", batch_size=4)
+    viewer.add_image(np.zeros((64, 64), np.float32), name="other")
+    train.set_options(axes="YX")
+    assert train.batch_size.value() == 4
     train._running, train._latest = (
         True,
         TrainingProgress(
@@ -401,3 +406,19 @@ def test_3d_gets_smaller_batches_and_long_runs_a_hint(make_napari_viewer):
     train._flush_progress()
     assert "over an hour: a smaller patch or batch" in train.status.text()
     train._running = False
+
+
+def test_a_result_layer_follows_the_inputs_units(make_napari_viewer):
+    """Rerun after the input got units: the output layer gets them too (napari warns and
+    drops units when layers disagree)."""
+    from napari_aeseg._widgets._common import spatial_metadata
+    from napari_aeseg._widgets.train import show_result_layer
+
+    viewer = make_napari_viewer()
+    image = viewer.add_image(np.zeros((32, 32), np.float32), name="img")
+    display = {"rgb": False, "colormap": None, "contrast_limits": (0.0, 1.0), "dtype": "float32"}
+    out = show_result_layer(viewer, "out", image.data, spatial_metadata(image), display)
+    image.units, image.axis_labels = ("µm", "µm"), ("y", "x")
+    again = show_result_layer(viewer, "out", image.data, spatial_metadata(image), display)
+    assert again is out
+    assert out.units == image.units and out.axis_labels == ("y", "x")

@@ -295,6 +295,7 @@ class DenoiseWidget(StopsWhenUndocked, QWidget):
         self._worker = None
         if self.progress.maximum() == 0:  # ended before the first tile
             self.progress.setRange(0, 1)
+            self.progress.reset()
         try:
             if isinstance(result, Denoised):
                 name, metadata, display = self._target

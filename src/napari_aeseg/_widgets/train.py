@@ -233,6 +233,12 @@ def show_result_layer(viewer, name: str, image: np.ndarray, metadata: dict, disp
             existing.scale = metadata["scale"]
         if not np.allclose(existing.translate, metadata["translate"]):
             existing.translate = metadata["translate"]
+        for key in ("units", "axis_labels"):
+            if key in metadata and tuple(map(str, getattr(existing, key))) != metadata[key]:
+                try:
+                    setattr(existing, key, metadata[key])
+                except (ValueError, TypeError):
+                    pass
         existing.data = image
         return existing
     kwargs = {k: v for k, v in metadata.items() if k not in ("units", "axis_labels")}
@@ -482,10 +488,13 @@ class TrainDenoiserWidget(StopsWhenUndocked, QWidget):
         is_3d = "Z" in self.axes_edit.text().upper()
         self.patch_size_z.setEnabled(is_3d)
         self.patch_z_label.setEnabled(is_3d)
-        # the default batch follows the dimensionality, unless the user changed it
-        default, other = (DEFAULT_BATCH_3D, DEFAULT_BATCH_2D)[:: 1 if is_3d else -1]
-        if self.batch_size.value() == other:
-            self.batch_size.setValue(default)
+        # the default batch follows the dimensionality when it changes, unless the user
+        # changed the batch
+        if is_3d != getattr(self, "_was_3d", False):
+            default, other = (DEFAULT_BATCH_3D, DEFAULT_BATCH_2D)[:: 1 if is_3d else -1]
+            if self.batch_size.value() == other:
+                self.batch_size.setValue(default)
+        self._was_3d = is_3d
 
     def _on_mode_changed(self, *_) -> None:
         dae = self.mode_combo.currentData() == "dae"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 from typing import Literal
 
@@ -13,15 +14,24 @@ DeviceName = Literal["auto", "cuda", "mps", "cpu"]
 DEVICE_CHOICES: tuple[str, ...] = ("auto", "cuda", "mps", "cpu")
 
 _threads_configured = False
-#: torch's thread count when this module was imported: another count later is the user's
-_THREADS_AT_IMPORT = torch.get_num_threads()
+
+
+def _threads_at_import() -> int:
+    """torch's thread count when napari_aeseg was imported (if torch was loaded by then),
+    else now: a different count later was set by the user."""
+    at_package = getattr(importlib.import_module("napari_aeseg"), "_TORCH_THREADS_AT_IMPORT", None)
+    return torch.get_num_threads() if at_package is None else at_package
+
+
+_THREADS_AT_IMPORT = _threads_at_import()
 
 
 def _configure_cpu_threads() -> None:
     """Use every core the process may run on (torch defaults to physical cores only).
 
     A thread count the user chose wins: ``OMP_NUM_THREADS`` or ``AESEG_NUM_THREADS`` in the
-    environment, or a ``torch.set_num_threads`` call made after napari_aeseg was imported.
+    environment, or a ``torch.set_num_threads`` call that changed the count after both torch
+    and napari_aeseg were imported (a call before cannot be told from torch's default).
     """
     global _threads_configured
     if _threads_configured:

@@ -84,8 +84,9 @@ def encoder_features(
     if size > budget:
         raise InvalidInputError(
             f"the encoder's features of this image would take {size / 1024**3:.1f} GiB, more "
-            f"than half the free memory ({budget / 1024**3:.1f} GiB); use a crop or a slice, "
-            "or the classic features (encoder: none)"
+            f"than the {budget / 1024**3:.1f} GiB allowed (half the free memory, at least "
+            f"{_MAX_FEATURE_BYTES / 1024**3:g} GiB); use a crop or a slice, or the classic "
+            "features (encoder: none)"
         )
     mode = "trilinear" if layout.spatial_dims == 3 else "bilinear"
 
