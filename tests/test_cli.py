@@ -105,6 +105,12 @@ def test_resume_training(files, model_file, capsys):
     )
     main(["info", str(out)])
     assert "35 steps trained" in capsys.readouterr().out
+    # options the resumed model keeps are named, not dropped silently
+    argv = ["train-denoiser", str(files / "noisy.tif"), "--out", str(files / "m3.aeseg")]
+    argv += ["--resume", str(model_file), "--steps", "1", "--batch", "2", "--lr", "0.01"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "--resume continues with the model's own settings; ignored: --batch, --lr" in err
 
 
 def test_dae_with_noise_option(files, capsys):

@@ -258,6 +258,13 @@ def _train(args) -> int:
         config = model.config.model_copy(deep=True)
         config.training.steps = model.trained_steps + args.steps
         axes = axes or config.axes
+        defaults = build_parser().parse_args(["train-denoiser", "-", "--out", "-"])
+        ignored = [o for o, d in RESUME_KEEPS.items() if getattr(args, d) != getattr(defaults, d)]
+        if ignored and not args.quiet:
+            print(
+                f"--resume continues with the model's own settings; ignored: {', '.join(ignored)}",
+                file=sys.stderr,
+            )
     else:
         config = make_denoiser_config(
             files[0].data.shape,
@@ -661,6 +668,21 @@ COMMANDS = {
 
 
 #: config fields as the command line names them, for validation messages ("batch_size: ...")
+#: train-denoiser options that --resume does not change (the model's settings continue)
+RESUME_KEEPS = {
+    "--mode": "mode",
+    "--noise": "noise",
+    "--patch": "patch",
+    "--patch-z": "patch_z",
+    "--batch": "batch",
+    "--depth": "depth",
+    "--channels": "channels",
+    "--lr": "lr",
+    "--optimizer": "optimizer",
+    "--loss": "loss",
+    "--scheduler": "scheduler",
+}
+
 OPTION_NAMES = {
     "learning_rate": "--lr",
     "patch_size_z": "--patch-z",
