@@ -541,3 +541,15 @@ def test_flip_averaging_is_flip_equivariant(nuclei_2d, denoiser, scribbles):
     np.testing.assert_allclose(flipped[:, ::-1, ::-1], tta, atol=1e-5)
     np.testing.assert_allclose(tta.sum(axis=0), 1.0, atol=1e-5)
     assert np.abs(tta - plain).max() > 1e-3
+
+
+def test_segmenter_and_features_of_small_patches_use_tiles_of_the_patch(nuclei_2d, tiny):
+    _, noisy, labels = nuclei_2d
+    small = {**SEG, "steps": 3, "patch_size": 16}
+    seg = train_segmenter(noisy, labels, labels_kind="instances", device="cpu", **small)
+    auto = seg.segment(noisy, device="cpu").probabilities
+    np.testing.assert_array_equal(auto, seg.segment(noisy, device="cpu", tile=16).probabilities)
+    assert not np.array_equal(auto, seg.segment(noisy, device="cpu", tile=128).probabilities)
+    den = train_denoiser(noisy, steps=2, device="cpu", **{**tiny, "patch_size": 16})
+    feats = encoder_features(den, noisy, device="cpu")
+    np.testing.assert_array_equal(feats, encoder_features(den, noisy, device="cpu", tile=16))

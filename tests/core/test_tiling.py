@@ -5,7 +5,14 @@ import torch
 from napari_aeseg.core.config import ArchitectureConfig
 from napari_aeseg.core.errors import InvalidInputError
 from napari_aeseg.core.models import build_network
-from napari_aeseg.core.tiling import Cancelled, iter_predict_tiled, plan_axis, run_generator
+from napari_aeseg.core.tiling import (
+    Cancelled,
+    auto_tile,
+    count_tiles,
+    iter_predict_tiled,
+    plan_axis,
+    run_generator,
+)
 
 
 def _net(dims=2, seed=0):
@@ -69,6 +76,7 @@ def test_3d_tiling_and_progress():
         device=torch.device("cpu"),
         tile=(12, 24, 24),
         overlap=(4, 8, 8),
+        tile_batch=1,
     )
     steps = []
     while True:
@@ -92,7 +100,7 @@ def test_cancel_stops_between_tiles():
         return len(calls) > 2
 
     with pytest.raises(Cancelled):
-        _predict(net, img, tile=32, overlap=8, cancel=cancel)
+        _predict(net, img, tile=32, overlap=8, cancel=cancel, tile_batch=1)
 
 
 def test_input_is_never_modified():
@@ -124,3 +132,36 @@ def test_flip_averaging_is_the_mean_of_mirrored_predictions():
         want = sum(torch.flip(net(torch.flip(x, f)), f) if f else net(x) for f in flips) / 4
         assert torch.allclose(got, want, atol=1e-6)
         assert torch.equal(with_flip_averaging(lambda t: t, 2)(x), x)
+
+
+def test_small_tiles_are_batched_on_the_cpu_with_the_same_result():
+    net = _net()
+    img = np.random.default_rng(3).random((1, 96, 80)).astype(np.float32)
+    one = _predict(net, img, tile=16, overlap=8, tile_batch=1)
+    steps = list(
+        iter_predict_tiled(
+            net, img, out_channels=1, divisor=4, device=torch.device("cpu"), tile=16, overlap=8
+        )
+    )
+    batched = _predict(net, img, tile=16, overlap=8)
+    # 11 x 9 tiles of 16 x 16 fit in one call; the progress still counts tiles
+    assert len(steps) == 1 and steps[-1].done == steps[-1].total == 99
+    np.testing.assert_allclose(batched, one, atol=1e-5)
+
+
+def test_automatic_tiles_follow_a_small_training_patch():
+    cpu = torch.device("cpu")
+    assert auto_tile((512, 512), cpu) == (384, 384)
+    assert auto_tile((512, 512), cpu, patch=(64, 64)) == (384, 384)
+    assert auto_tile((512, 512), cpu, patch=(32, 32)) == (384, 384)
+    assert auto_tile((512, 512), cpu, patch=(16, 16)) == (16, 16)
+    assert auto_tile((64, 256, 256), cpu, patch=(16, 64, 64)) == (64, 128, 128)
+    assert auto_tile((64, 256, 256), cpu, patch=(8, 32, 32)) == (8, 128, 128)
+    assert auto_tile((64, 256, 256), cpu, patch=(8, 16, 64)) == (8, 16, 128)
+    # tiles that the user sets are theirs
+    n = count_tiles((64, 64), tile=32, overlap=8, divisor=4, device=cpu, patch=(8, 8))
+    assert n == 9
+    assert count_tiles((64, 64), tile="auto", overlap="auto", divisor=4, device=cpu) == 1
+    # a small patch: tiles of its size, the overlap at most half of them
+    n = count_tiles((64, 64), tile="auto", overlap="auto", divisor=4, device=cpu, patch=(16, 16))
+    assert n == 7 * 7

@@ -348,16 +348,17 @@ class TrainDenoiserWidget(StopsWhenUndocked, QWidget):
             4096,
             64,
             step=8,
-            tip="In-plane patch size (pixels). Below 32 the network does worse on the larger "
-            "tiles it denoises with (patch 16: 3 dB lower on synthetic nuclei)",
+            tip="In-plane patch size (pixels). Below 32 the network only works on inputs as "
+            "small as its patches, so it denoises in tiles of the patch size: faster to "
+            "train, several times slower to apply",
         )
         self.patch_size_z = spin_box(
             4,
             1024,
             16,
             step=4,
-            tip="Patch depth along Z (3D only). Below 16 the network fails on deeper tiles "
-            "(depth 8: darker than the input)",
+            tip="Patch depth along Z (3D only). Below 16 the network only works on inputs "
+            "as thin as its patches, so it denoises in tiles of that depth (slower)",
         )
         self.patch_z_label = QLabel("depth")
         patch_row = row_widget((self.patch_size, 1), self.patch_z_label, (self.patch_size_z, 1))

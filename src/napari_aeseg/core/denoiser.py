@@ -165,6 +165,11 @@ class TrainedModel:
             )
         return layout
 
+    def training_patch(self, spatial_dims: int) -> tuple[int, ...]:
+        """The patch the network was trained on, per spatial axis (``(Z,) Y, X``)."""
+        t = self.config.training
+        return (t.patch_size_z,) * (spatial_dims == 3) + (t.patch_size, t.patch_size)
+
     def normalizer(self, spatial_dims: int):
         """The model's intensity normalisation as an in-place function on ``(C, *S)`` tiles."""
         norm = self.config.normalization
@@ -225,8 +230,14 @@ class DenoiserModel(TrainedModel):
         prepare, lo, span = self.normalizer(layout.spatial_dims)
 
         divisor = self.config.architecture.divisor
+        patch = self.training_patch(layout.spatial_dims)
         per_sample = count_tiles(
-            layout.spatial_shape, tile=tile, overlap=overlap, divisor=divisor, device=dev
+            layout.spatial_shape,
+            tile=tile,
+            overlap=overlap,
+            divisor=divisor,
+            device=dev,
+            patch=patch,
         )
         total = per_sample * internal.shape[0]
         out = np.empty((internal.shape[0], layout.channels, *layout.spatial_shape), np.float32)
@@ -244,6 +255,7 @@ class DenoiserModel(TrainedModel):
                 progress_offset=n * per_sample,
                 progress_total=total,
                 out=out[n],
+                patch=patch,
             )
             pred *= span
             pred += lo

@@ -112,6 +112,7 @@ def encoder_features(
             tile=tile,
             overlap="auto",
             prepare=prepare,
+            patch=model.training_patch(layout.spatial_dims),
         )
     )
 

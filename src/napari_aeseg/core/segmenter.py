@@ -451,8 +451,14 @@ class SegmenterModel(TrainedModel):
         internal = layout.to_internal(image)
         prepare, lo, span = self.normalizer(layout.spatial_dims)
         divisor = self.config.architecture.divisor
+        patch = self.training_patch(layout.spatial_dims)
         per = count_tiles(
-            layout.spatial_shape, tile=tile, overlap=overlap, divisor=divisor, device=dev
+            layout.spatial_shape,
+            tile=tile,
+            overlap=overlap,
+            divisor=divisor,
+            device=dev,
+            patch=patch,
         )
         n = internal.shape[0]
         outs = []
@@ -469,6 +475,7 @@ class SegmenterModel(TrainedModel):
                 cancel=cancel,
                 progress_offset=i * per,
                 progress_total=per * n,
+                patch=patch,
             )
             outs.append(out)
         stack = np.stack(outs)  # (N, K(+C), *S)
