@@ -165,6 +165,45 @@ class TrainedModel:
             )
         return layout
 
+    def iter_predict_samples(
+        self,
+        forward: Callable[[torch.Tensor], torch.Tensor],
+        internal: np.ndarray,
+        layout: Layout,
+        *,
+        out_channels: int,
+        tile,
+        overlap,
+        device: torch.device,
+        cancel: Callable[[], bool] | None = None,
+    ) -> Generator[TileProgress, None, np.ndarray]:
+        """Tiled ``forward`` of every sample of ``internal`` (``(N, C, *S)``), normalised.
+
+        Yields progress over all samples; returns float32 ``(N, out_channels, *S)``.
+        Automatic tiles follow the model's training patch (see :func:`.tiling.auto_tile`).
+        """
+        prepare, _, _ = self.normalizer(layout.spatial_dims)
+        divisor = self.config.architecture.divisor
+        patch = self.training_patch(layout.spatial_dims)
+        options = dict(tile=tile, overlap=overlap, divisor=divisor, device=device)
+        per = count_tiles(layout.spatial_shape, patch=patch, **options)
+        n = internal.shape[0]
+        out = np.empty((n, out_channels, *layout.spatial_shape), np.float32)
+        for i in range(n):
+            yield from iter_predict_tiled(
+                forward,
+                internal[i],
+                out_channels=out_channels,
+                prepare=prepare,
+                cancel=cancel,
+                progress_offset=i * per,
+                progress_total=per * n,
+                out=out[i],
+                patch=patch,
+                **options,
+            )
+        return out
+
     def training_patch(self, spatial_dims: int) -> tuple[int, ...]:
         """The patch the network was trained on, per spatial axis (``(Z,) Y, X``)."""
         t = self.config.training
@@ -227,38 +266,19 @@ class DenoiserModel(TrainedModel):
         dev = resolve_device(device)
         net = self.network.to(dev).eval()
         internal = layout.to_internal(image)
-        prepare, lo, span = self.normalizer(layout.spatial_dims)
-
-        divisor = self.config.architecture.divisor
-        patch = self.training_patch(layout.spatial_dims)
-        per_sample = count_tiles(
-            layout.spatial_shape,
+        _, lo, span = self.normalizer(layout.spatial_dims)
+        out = yield from self.iter_predict_samples(
+            with_flip_averaging(net, layout.spatial_dims) if tta else net,
+            internal,
+            layout,
+            out_channels=layout.channels,
             tile=tile,
             overlap=overlap,
-            divisor=divisor,
             device=dev,
-            patch=patch,
+            cancel=cancel,
         )
-        total = per_sample * internal.shape[0]
-        out = np.empty((internal.shape[0], layout.channels, *layout.spatial_shape), np.float32)
-        for n in range(internal.shape[0]):
-            pred = yield from iter_predict_tiled(
-                with_flip_averaging(net, layout.spatial_dims) if tta else net,
-                internal[n],
-                out_channels=layout.channels,
-                divisor=divisor,
-                device=dev,
-                tile=tile,
-                overlap=overlap,
-                prepare=prepare,
-                cancel=cancel,
-                progress_offset=n * per_sample,
-                progress_total=total,
-                out=out[n],
-                patch=patch,
-            )
-            pred *= span
-            pred += lo
+        out *= span[None]
+        out += lo[None]
         return layout.from_internal(out)
 
     def denoise(self, image: np.ndarray, **kwargs) -> np.ndarray:

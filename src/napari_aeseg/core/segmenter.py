@@ -54,7 +54,7 @@ from .postprocess import (
     semantic_labels,
     spatial_spacing,
 )
-from .tiling import count_tiles, iter_predict_tiled, run_generator, with_flip_averaging
+from .tiling import run_generator, with_flip_averaging
 from .training import TrainingProgress
 
 LabelsKind = Literal["scribbles", "instances"]
@@ -448,37 +448,17 @@ class SegmenterModel(TrainedModel):
         if tta:
             forward = with_flip_averaging(forward, layout.spatial_dims)
 
-        internal = layout.to_internal(image)
-        prepare, lo, span = self.normalizer(layout.spatial_dims)
-        divisor = self.config.architecture.divisor
-        patch = self.training_patch(layout.spatial_dims)
-        per = count_tiles(
-            layout.spatial_shape,
+        stack = yield from self.iter_predict_samples(
+            forward,
+            layout.to_internal(image),
+            layout,
+            out_channels=self.config.n_outputs,
             tile=tile,
             overlap=overlap,
-            divisor=divisor,
             device=dev,
-            patch=patch,
-        )
-        n = internal.shape[0]
-        outs = []
-        for i in range(n):
-            out = yield from iter_predict_tiled(
-                forward,
-                internal[i],
-                out_channels=self.config.n_outputs,
-                divisor=divisor,
-                device=dev,
-                tile=tile,
-                overlap=overlap,
-                prepare=prepare,
-                cancel=cancel,
-                progress_offset=i * per,
-                progress_total=per * n,
-                patch=patch,
-            )
-            outs.append(out)
-        stack = np.stack(outs)  # (N, K(+C), *S)
+            cancel=cancel,
+        )  # (N, K(+C), *S)
+        n = stack.shape[0]
         probs = stack[:, :k]
         lead = [layout.shape[layout.axes.index(a)] for a in layout.sample_axes]
         shape = (*lead, *layout.spatial_shape)
@@ -508,6 +488,7 @@ class SegmenterModel(TrainedModel):
         probs_out = np.moveaxis(probs, 1, 0).reshape(k, *shape)
         denoised = None
         if joint:
+            _, lo, span = self.normalizer(layout.spatial_dims)
             den = stack[:, k:] * span + lo
             denoised = layout.from_internal(den)
         return SegmentationResult(
