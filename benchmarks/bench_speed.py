@@ -211,6 +211,8 @@ def bench_inference(args) -> dict:
             print(f"  repeat {r + 1}/{args.infer_repeats}: {name}: {dt:.2f} s", flush=True)
     from napari_aeseg.core.tiling import count_tiles, resolve_tiling
 
+    patch = model.training_patch(image.ndim)
+
     base = statistics.median(times["untiled forward (network(x))"])
     rows = []
     for name, ts in times.items():
@@ -230,6 +232,7 @@ def bench_inference(args) -> dict:
                     overlap="auto",
                     divisor=cfg.architecture.divisor,
                     device=device,
+                    patch=patch,
                 )
                 row["tiles"] = count_tiles(
                     image.shape,
@@ -237,6 +240,7 @@ def bench_inference(args) -> dict:
                     overlap="auto",
                     divisor=cfg.architecture.divisor,
                     device=device,
+                    patch=patch,
                 )
                 row["max_tile"], row["overlap"] = list(tiles), list(overlaps)
         rows.append(row)

@@ -344,6 +344,7 @@ def _check_tiling(model, layout, args) -> None:
         overlap=args.overlap,
         divisor=model.config.architecture.divisor,
         device=resolve_device(args.device),
+        patch=model.training_patch(layout.spatial_dims),
     )
 
 

@@ -553,3 +553,28 @@ def test_segmenter_and_features_of_small_patches_use_tiles_of_the_patch(nuclei_2
     den = train_denoiser(noisy, steps=2, device="cpu", **{**tiny, "patch_size": 16})
     feats = encoder_features(den, noisy, device="cpu")
     np.testing.assert_array_equal(feats, encoder_features(den, noisy, device="cpu", tile=16))
+
+
+def test_a_segmenter_of_thin_stacks_records_the_patch_it_trained_on(nuclei_3d, tmp_path):
+    _, noisy, labels = nuclei_3d  # 16 planes: a patch depth of 32 is cut to 16
+    seg = train_segmenter(
+        noisy[:12],
+        labels[:12],
+        labels_kind="instances",
+        axes="ZYX",
+        device="cpu",
+        depth=2,
+        base_channels=4,
+        steps=2,
+        batch_size=2,
+        patch_size=32,
+        patch_size_z=16,
+    )
+    assert seg.config.training.fitted_patch == (12, 32, 32)
+    assert seg.training_patch(3) == (12, 32, 32)
+    seg.save(tmp_path / "thin.aeseg")
+    again = load_model(tmp_path / "thin.aeseg")
+    assert again.training_patch(3) == (12, 32, 32)
+    steps = list(seg.iter_segment(np.zeros((24, 64, 64), np.float32), device="cpu"))
+    # tiles of 12 planes along Z (not one tile of 24): 3 along Z with the overlap of 6
+    assert steps[-1].total == 3

@@ -11,7 +11,9 @@ from napari_aeseg.core.tiling import (
     count_tiles,
     iter_predict_tiled,
     plan_axis,
+    resolve_tiling,
     run_generator,
+    small_patch_limits,
 )
 
 
@@ -165,3 +167,29 @@ def test_automatic_tiles_follow_a_small_training_patch():
     # a small patch: tiles of its size, the overlap at most half of them
     n = count_tiles((64, 64), tile="auto", overlap="auto", divisor=4, device=cpu, patch=(16, 16))
     assert n == 7 * 7
+
+
+@pytest.mark.parametrize("divisor, patch", [(8, (8, 8)), (16, (16, 16)), (4, (4, 32, 32))])
+def test_tiles_of_a_patch_as_small_as_the_divisor_still_overlap(divisor, patch):
+    # tiles start on the divisor's grid: a tile of one divisor would sit edge to edge
+    shape = (32, 128, 128)[-len(patch) :]
+    cpu = torch.device("cpu")
+    tiles, _ = resolve_tiling(
+        shape, tile="auto", overlap="auto", divisor=divisor, device=cpu, patch=patch
+    )
+    limits = small_patch_limits(len(patch))
+    for i in [i for i, p in enumerate(patch) if p < limits[i]]:
+        assert tiles[i] == 2 * divisor
+        plan = plan_axis(shape[i], tiles[i], 64, divisor)
+        assert len(plan.starts) > 1
+        assert all(b - a < plan.tile for a, b in zip(plan.starts, plan.starts[1:]))
+
+
+def test_a_wide_overlap_with_automatic_tiles_is_cut_not_refused():
+    cpu = torch.device("cpu")
+    n = count_tiles((128, 128), tile="auto", overlap=32, divisor=4, device=cpu, patch=(16, 16))
+    assert n == count_tiles(
+        (128, 128), tile="auto", overlap="auto", divisor=4, device=cpu, patch=(16, 16)
+    )
+    with pytest.raises(InvalidInputError, match="more than half"):
+        count_tiles((128, 128), tile=16, overlap=32, divisor=4, device=cpu)

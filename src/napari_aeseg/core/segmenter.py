@@ -113,6 +113,9 @@ class SegTrainingConfig(_Strict):
     class_balance: bool = True
     augment: bool = True
     seed: int = 0
+    #: the patch trained on, ``((Z,) Y, X)``, where labeled images smaller than the patch
+    #: made it smaller (set by the trainer; automatic inference tiles follow small patches)
+    fitted_patch: tuple[int, ...] | None = None
 
 
 class PostprocessConfig(_Strict):
@@ -412,6 +415,12 @@ class SegmenterModel(TrainedModel):
             f"{enc}{joint}, axes {c.axes}, {self.trained_steps} steps trained"
         )
 
+    def training_patch(self, spatial_dims: int) -> tuple[int, ...]:
+        fitted = self.config.training.fitted_patch
+        if fitted is not None and len(fitted) == spatial_dims:
+            return tuple(fitted)
+        return super().training_patch(spatial_dims)
+
     def iter_segment(
         self,
         image: np.ndarray,
@@ -633,10 +642,12 @@ class SegmenterTrainer:
             config.normalization = fit_normalization(internals)
         dims = config.architecture.spatial_dims
         self.patch = (t.patch_size_z,) * (dims == 3) + (t.patch_size, t.patch_size)
-        self.patch = tuple(
+        fitted = tuple(
             min(p, _fit(p, min(tg.shape[1 + d] for tg in targets), config.architecture.divisor))
             for d, p in enumerate(self.patch)
         )
+        t.fitted_patch = fitted if fitted != self.patch else None
+        self.patch = fitted
         imgs, tgts, crops = [], [], []
         for x, tg, mask in zip(internals, targets, masks, strict=True):
             xn = torch.from_numpy(normalize(x, config.normalization))

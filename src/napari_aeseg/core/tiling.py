@@ -99,13 +99,16 @@ def auto_tile(
     spatial_shape: Sequence[int],
     device: torch.device,
     patch: Sequence[int] | None = None,
+    divisor: int = 1,
 ) -> tuple[int, ...]:
     """Tiles that keep memory modest: in-plane up to 1024 on CUDA, 384 elsewhere.
 
     On the CPU, tiles of a few hundred pixels are as fast per pixel as whole images (they
     stay in cache) while the activations of one tile stay small next to the output array.
     ``patch`` is the network's training patch: along an axis where it is small (see
-    :data:`SMALL_PATCH`), tiles are no larger than the patch (slower, but right).
+    :data:`SMALL_PATCH`), tiles are no larger than the patch (slower, but right), and at
+    least twice the network's ``divisor``: tiles start on its grid, so a tile of one
+    ``divisor`` could not overlap its neighbours (seams).
     """
     plane = 1024 if device.type == "cuda" else 384
     if len(spatial_shape) == 3:
@@ -116,7 +119,7 @@ def auto_tile(
     if patch is None:
         return tiles
     return tuple(
-        min(t, p) if p < small else t
+        min(t, max(p, 2 * divisor)) if p < small else t
         for t, p, small in zip(tiles, patch, small_patch_limits(len(tiles)), strict=True)
     )
 
@@ -157,14 +160,15 @@ def resolve_tiling(
 ) -> tuple[tuple[int, ...], tuple[int, ...]]:
     dims = len(spatial_shape)
     if tile == "auto":
-        tiles = auto_tile(spatial_shape, device, patch)
+        tiles = auto_tile(spatial_shape, device, patch, divisor)
     else:
         tiles = _per_axis(tile, dims, "tile")
     if any(t < divisor for t in tiles):
         raise InvalidInputError(f"tile size must be at least {divisor} (the network's divisor)")
     tiles = tuple(t // divisor * divisor for t in tiles)
     ovs = auto_overlap(dims, divisor) if overlap == "auto" else _per_axis(overlap, dims, "overlap")
-    if overlap != "auto":
+    if overlap != "auto" and tile != "auto":
+        # (with automatic tiles, a wide overlap is cut to half a tile, as automatic ones are)
         for n, t, o in zip(spatial_shape, tiles, ovs, strict=True):
             if n > t and o > t // 2:  # (an axis that fits in one tile has no overlap)
                 raise InvalidInputError(
