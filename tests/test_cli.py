@@ -595,3 +595,38 @@ def test_train_segmenter_patch_depth(tmp_path, capsys):
     assert main(argv) == 0
     assert load_model(out).config.training.patch_size_z == 8
     assert "loss=" in capsys.readouterr().err  # the bar shows the training loss
+
+
+def test_evaluate_a_movie_frame_by_frame(capsys, tmp_path):
+    frame = np.zeros((32, 32), np.uint16)
+    frame[2:10, 2:10], frame[16:28, 16:28] = 1, 2
+    truth = np.stack([frame] * 4)
+    pred = np.stack([np.where(frame > 0, frame + 10 * k, 0) for k in range(4)]).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "truth.tif", truth, imagej=True, metadata={"axes": "TYX"})
+    # plain pages: no axes recorded
+    tifffile.imwrite(tmp_path / "pred.tif", pred, photometric="minisblack", metadata=None)
+    tifffile.imwrite(tmp_path / "pred_vol.tif", pred, imagej=True, metadata={"axes": "ZYX"})
+
+    def scores(*argv):
+        assert main(["evaluate", *argv, "--json"]) == 0
+        return json.loads(capsys.readouterr().out)["images"][0]
+
+    # the truth file says TYX: every frame is matched on its own, ids that change per frame
+    # are still the same objects
+    got = scores(str(tmp_path / "pred.tif"), "--truth", str(tmp_path / "truth.tif"))
+    assert (got["ap"], got["n_true"], got["frames"]) == (1.0, 8, 4)
+    # --axes overrides the files; a volume's objects span its planes
+    got = scores(
+        str(tmp_path / "pred.tif"), "--truth", str(tmp_path / "truth.tif"), "--axes", "ZYX"
+    )
+    assert got["frames"] == 1 and got["ap"] < 0.5
+    got = scores(str(tmp_path / "pred_vol.tif"), "--truth", str(tmp_path / "truth.tif"))
+    assert got["frames"] == 1
+    assert main(["evaluate", str(tmp_path / "pred.tif"), "--truth", str(tmp_path / "truth.tif"),
+                 "--axes", "TYX"]) == 0  # fmt: skip
+    assert "in 4 frames" in capsys.readouterr().out
+    assert "first" in _error(
+        capsys,
+        ["evaluate", str(tmp_path / "pred.tif"), "--truth", str(tmp_path / "truth.tif"),
+         "--axes", "YTX"],
+    )  # fmt: skip

@@ -210,6 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("pred", nargs="+", metavar="PRED")
     e.add_argument("--truth", nargs="+", required=True, metavar="GT")
     e.add_argument("--threshold", type=_finite, default=0.5, help="IoU threshold of a match")
+    e.add_argument(
+        "--axes",
+        default=None,
+        help="axes of the label files, e.g. TYX: objects are matched frame by frame along T "
+        "and S (default: as the files record them, else one 2D or 3D image)",
+    )
     e.add_argument("--json", action="store_true", help="print JSON")
 
     i = sub.add_parser("info", help="describe a model file")
@@ -576,7 +582,9 @@ def _segment(args) -> int:
         write_tiff(f"{stem}_prob.tif", result.probabilities, axes=prob_axes, spacing=space)
         write_tiff(f"{stem}_uncertainty.tif", result.uncertainty, axes=out_axes, spacing=space)
         if truths is not None:
-            print(f"{f.path.name}: {score_instances(truths[i], result.labels).summary()}")
+            frames = len(layouts[i].sample_axes)
+            scores = score_instances(truths[i], result.labels, frame_axes=frames)
+            print(f"{f.path.name}: {scores.summary()}")
         if not args.quiet:
             if model.config.target == "instances":
                 n = np.count_nonzero(np.unique(result.labels))
@@ -590,6 +598,21 @@ def _segment(args) -> int:
     return 0
 
 
+def _frame_axes(axes: str | None, shape: tuple[int, ...]) -> int:
+    """How many leading axes of a label array are frames (T, S): matched one by one."""
+    if axes is None:
+        return 0
+    from .core.data import check_axes_match
+
+    axes = check_axes_match(shape, axes.upper())
+    if "C" in axes:
+        raise InvalidInputError(f"label files have no channel axis (axes '{axes}')")
+    frames = len(axes) - len(axes.lstrip("ST"))
+    if any(a in "ST" for a in axes[frames:]):
+        raise InvalidInputError(f"put the frame axes (T, S) first in '{axes}'")
+    return frames
+
+
 def _evaluate(args) -> int:
     from .core.image_io import read_image
     from .core.metrics import score_instances
@@ -600,7 +623,10 @@ def _evaluate(args) -> int:
         )
     rows = []
     for p, t in zip(args.pred, args.truth, strict=True):
-        scores = score_instances(read_image(t).data, read_image(p).data, threshold=args.threshold)
+        truth, pred = read_image(t), read_image(p)
+        recorded = [a for a in (pred.axes, truth.axes) if a and "C" not in a]
+        frames = _frame_axes(args.axes or next(iter(recorded), None), pred.data.shape)
+        scores = score_instances(truth.data, pred.data, threshold=args.threshold, frame_axes=frames)
         rows.append({"pred": p, "truth": t, **scores.as_dict()})
     if len(rows) > 1:
         mean = {
@@ -616,7 +642,8 @@ def _evaluate(args) -> int:
             print(
                 f"{r['pred']}: AP@{args.threshold:g} {r['ap']:.3f}  F1 {r['f1']:.3f}  "
                 f"mean IoU {r['mean_matched_iou']:.3f}  pixel IoU {r['pixel_iou']:.3f}  "
-                f"({r['n_pred']} predicted, {r['n_true']} true)"
+                f"({r['n_pred']} predicted, {r['n_true']} true"
+                + (f", in {r['frames']} frames)" if r["frames"] > 1 else ")")
             )
         if len(rows) > 1:
             print(

@@ -331,3 +331,12 @@ def test_imagej_calibrated_stack_without_z_step_has_a_z_step_of_one(tmp_path, st
     meta = {"unit": "inch", "axes": "ZYX"}
     tifffile.imwrite(path, stack, imagej=True, resolution=(72, 72), metadata=meta)
     assert "Z" not in (read_image(path).spacing or {})
+
+
+def test_plain_page_sequence_has_no_axes(tmp_path):
+    # tifffile calls a plain sequence of pages I: Z, T or samples, nobody knows
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "pages.tif", np.zeros((5, 16, 16), np.uint8))
+    f = read_image(tmp_path / "pages.tif")
+    assert f.data.shape == (5, 16, 16) and f.axes is None

@@ -61,3 +61,22 @@ def test_scores_refuse_what_is_not_labels():
     # whole-number floats and boolean masks are labels
     assert score_instances(truth, truth.astype(np.float32)).ap == 1.0
     assert score_instances(truth, truth > 0).ap == 1.0
+
+
+def test_frames_are_matched_one_by_one():
+    # a movie of 3 frames with the same two objects: tracks keep their ids across frames
+    frame = np.zeros((20, 20), np.uint16)
+    frame[2:8, 2:8], frame[12:18, 12:18] = 1, 2
+    truth = np.stack([frame] * 3)
+    pred = truth.copy()
+    pred[1] = np.where(frame > 0, frame + 10, 0)  # other ids in one frame: still right
+    pred[2][pred[2] == 2] = 0  # one object missed in one frame
+    as_volume = score_instances(truth, pred)
+    by_frame = score_instances(truth, pred, frame_axes=1)
+    assert (by_frame.tp, by_frame.fp, by_frame.fn, by_frame.frames) == (5, 0, 1, 3)
+    assert by_frame.ap == pytest.approx(5 / 6) and by_frame.mean_matched_iou == 1.0
+    assert "in 3 frames" in by_frame.summary()
+    # as one volume, objects are whole tracks: one pair of ids matches, not frames
+    assert as_volume.n_true == 2 and as_volume.n_pred == 4 and as_volume.frames == 1
+    with pytest.raises(InvalidInputError, match="frame axes"):
+        score_instances(truth, pred, frame_axes=3)

@@ -578,3 +578,29 @@ def test_a_segmenter_of_thin_stacks_records_the_patch_it_trained_on(nuclei_3d, t
     steps = list(seg.iter_segment(np.zeros((24, 64, 64), np.float32), device="cpu"))
     # tiles of 12 planes along Z (not one tile of 24): 3 along Z with the overlap of 6
     assert steps[-1].total == 3
+
+
+def test_instance_masks_of_a_movie_become_classes_frame_by_frame():
+    from napari_aeseg.core.segmenter import frame_targets
+
+    frame = np.zeros((24, 24), np.uint16)
+    frame[4:12, 4:12], frame[14:22, 14:22] = 1, 2
+    movie = np.stack([frame, np.where(frame > 0, frame + 5, 0), np.zeros_like(frame)])
+    got = frame_targets(movie, "instances", 3, spatial_dims=2)
+    one = labels_to_target(frame, "instances", 3)
+    # other ids in the next frame are not outlines between frames; an empty frame is skipped
+    np.testing.assert_array_equal(got[0], one)
+    np.testing.assert_array_equal(got[1], one)
+    assert (got[2] == -1).all()
+    assert (got[:2] == 2).sum() == 2 * (one == 2).sum()
+    # a volume (one frame of 3D) is still converted in 3D
+    vol = frame_targets(movie[:2], "instances", 3, spatial_dims=3)
+    assert vol.shape == (1, 2, 24, 24) and (vol == 2).sum() > (got[:2] == 2).sum()
+    # a region: frames outside it are ignored, the rest as before
+    region = np.zeros(movie.shape, bool)
+    region[0] = True
+    with_region = frame_targets(movie, "instances", 3, region=region, spatial_dims=2)
+    np.testing.assert_array_equal(with_region[0], one)
+    assert (with_region[1:] == -1).all()
+    empty = frame_targets(np.zeros_like(movie), "instances", 3, spatial_dims=2)
+    assert empty.shape == movie.shape and (empty == 0).all()  # refused later: one class

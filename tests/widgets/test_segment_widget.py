@@ -683,3 +683,35 @@ def test_voxel_size_follows_the_image_layer(qtbot, make_napari_viewer, cells, sh
         widget.run_button.click()
         wait_idle(qtbot, widget, timeout=60_000)
         assert message in shown[-1] and shown[-1].startswith("Voxel size:")
+
+
+def test_a_movie_learns_from_masks_of_some_frames_and_is_scored_frame_by_frame(
+    qtbot, make_napari_viewer, cells
+):
+    from napari_aeseg._widgets.segment import MASKS
+
+    noisy, truth, _ = cells
+    movie = np.stack([np.roll(noisy, 9 * t, axis=1) for t in range(3)])[:, :96, :96]
+    # tracked ids, as a tracker writes them; only frames 0 and 2 are labeled
+    tracks = np.stack([np.roll(truth, 9 * t, axis=1) for t in range(3)])[:, :96, :96]
+    masks = tracks.copy()
+    masks[1] = 0
+    viewer = make_napari_viewer()
+    viewer.add_image(movie, name="movie", axis_labels=("t", "y", "x"))
+    viewer.add_labels(masks, name="masks", axis_labels=("t", "y", "x"))
+    viewer.add_labels(tracks, name="tracks", axis_labels=("t", "y", "x"))
+    _, widget = viewer.window.add_plugin_dock_widget("napari-aeseg", "Segment")
+    widget.set_options(image="movie", labels="masks", labels_kind=MASKS, ground_truth="tracks")
+    widget.set_options(**{**TINY_SEG, "steps": 80})
+    assert widget.axes_edit.text() == "TYX"
+    widget.run_button.click()
+    wait_idle(qtbot, widget, timeout=180_000)
+    seg = np.asarray(viewer.layers["movie segmentation"].data)
+    assert seg.shape == movie.shape
+    by_frame = score_instances(tracks, seg, frame_axes=1)
+    print(f"movie: {by_frame.summary()}")
+    # frame by frame, and frame 1 (not labeled) is segmented like the others
+    assert by_frame.ap > 0.5, by_frame.summary()
+    assert score_instances(tracks[1], seg[1]).ap > 0.4
+    assert "in 3 frames" in widget.metrics.text()
+    assert f"AP@0.5 {by_frame.ap:.3f}" in widget.metrics.text()

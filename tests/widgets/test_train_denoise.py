@@ -323,7 +323,7 @@ def test_flip_averaging_checkbox_reaches_the_engine(viewer_with_widgets, nuclei)
 
 
 def test_denoise_widget_shows_the_axes_before_any_model(viewer_with_widgets):
-    volume = np.zeros((4, 32, 32), np.float32)
+    volume = np.zeros((6, 32, 32), np.float32)
     viewer, _, denoise = viewer_with_widgets(volume, name="stack")
     assert denoise.model() is None
     assert denoise.axes_edit.text() == "ZYX"  # the guess for the layer already there

@@ -269,8 +269,8 @@ def layer_data(layer: Image):
     return np.asarray(data) if isinstance(data, np.ndarray) else data
 
 
-def guess_layer_axes(layer: Image) -> str:
-    """Axes of a layer: its axis labels when they are axis letters, else a guess (RGB: YXC)."""
+def labelled_axes(layer: Image) -> str | None:
+    """A layer's axes as its axis labels name them (RGB adds C), or None if they do not."""
     shape = tuple(layer_data(layer).shape)
     labels = [str(a).strip().upper() for a in getattr(layer, "axis_labels", ())]
     if layer.rgb:
@@ -282,6 +282,15 @@ def guess_layer_axes(layer: Image) -> str:
         and {"Y", "X"} <= set(labels)
     ):
         return "".join(labels)
+    return None
+
+
+def guess_layer_axes(layer: Image) -> str:
+    """Axes of a layer: its axis labels when they are axis letters, else a guess (RGB: YXC)."""
+    known = labelled_axes(layer)
+    if known is not None:
+        return known
+    shape = tuple(layer_data(layer).shape)
     try:
         return guess_axes(shape, rgb=layer.rgb)
     except AesegError:

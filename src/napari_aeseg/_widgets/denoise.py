@@ -36,6 +36,7 @@ from ._common import (
     WrappedLabel,
     ask_and_load_denoiser,
     guess_layer_axes,
+    labelled_axes,
     layer_data,
     report_failure,
     row_widget,
@@ -213,10 +214,13 @@ class DenoiseWidget(StopsWhenUndocked, QWidget):
         layer = self.layer_combo.layer()
         if layer is None:
             return
-        axes = guess_layer_axes(layer)
+        known = labelled_axes(layer)
+        axes = known or guess_layer_axes(layer)
         model = self.model()
         if model is not None:
-            if len(model.config.axes) == len(axes) and set(model.config.axes) == set(axes):
+            # a guess gives way to the model's order of the same axes; the layer's labels do not
+            same = len(model.config.axes) == len(axes) and set(model.config.axes) == set(axes)
+            if known is None and same:
                 axes = model.config.axes
             if model.config.spatial_dims == 2 and "Z" in axes:
                 axes = axes.replace("Z", "S")  # a 2D model goes through a stack slice by slice

@@ -211,7 +211,7 @@ class SegmentJob(WorkerJob):
                 labels=result.labels,
                 probability=probability,
                 uncertainty=result.uncertainty,
-                scores=_score(truth, result.labels, target),
+                scores=_score(truth, result.labels, target, frame_axes=_frame_count(axes)),
                 model=model,
             )
         except (Cancelled, TrainingCancelled):
@@ -287,7 +287,12 @@ def foreground_or_all(probabilities: np.ndarray, target: str) -> np.ndarray:
     return probabilities.astype(np.float32)
 
 
-def _score(truth, labels: np.ndarray, target: str):
+def _frame_count(axes: str | None) -> int:
+    """Leading axes of a segmentation that are frames (T, S): scored one by one."""
+    return sum(a in "ST" for a in (axes or "").upper())
+
+
+def _score(truth, labels: np.ndarray, target: str, frame_axes: int = 0):
     if truth is None:
         return None
     truth = np.asarray(truth)
@@ -296,7 +301,7 @@ def _score(truth, labels: np.ndarray, target: str):
             f"ground truth of shape {truth.shape} does not match the segmentation {labels.shape}"
         )
     pred = labels if target == "instances" else ndi.label(labels >= 2)[0]
-    return score_instances(truth, pred)
+    return score_instances(truth, pred, frame_axes=frame_axes)
 
 
 # --------------------------------------------------------------------------- layers
@@ -1420,7 +1425,8 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
             self.metrics.setText(
                 f"AP@0.5 {scores.ap:.3f} · F1 {scores.f1:.3f} · mean IoU "
                 f"{scores.mean_matched_iou:.3f} · pixel IoU {scores.pixel_iou:.3f} "
-                f"({scores.n_pred} predicted, {scores.n_true} true)"
+                f"({scores.n_pred} predicted, {scores.n_true} true"
+                + (f", in {scores.frames} frames)" if scores.frames > 1 else ")")
             )
 
     def _register(self, model: SegmenterModel) -> None:

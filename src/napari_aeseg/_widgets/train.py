@@ -791,7 +791,10 @@ class TrainDenoiserWidget(StopsWhenUndocked, QWidget):
             if isinstance(result, Trained):
                 self._register(result.model)
             elif isinstance(result, Failure):
-                self.status.setText(f"Training stopped: {str(result.error).splitlines()[0]}")
+                job = self._holder.job
+                started = job is not None and job.trainer is not None and job.trainer.step > 0
+                before = "Training stopped" if started else "Not started"
+                self.status.setText(f"{before}: {str(result.error).splitlines()[0]}")
                 report_failure(result.error, "Training")
         finally:
             self._update_buttons()

@@ -24,7 +24,8 @@ def guess_axes(shape: tuple[int, ...], *, rgb: bool = False) -> str:
     if nd == 2:
         return "YX"
     if nd == 3:
-        return "ZYX"
+        # a leading axis of 2-4 is far more often channels than planes (as in 4D below)
+        return "CYX" if shape[0] <= 4 else "ZYX"
     if nd == 4:
         return "CZYX" if shape[0] <= 4 else "TZYX"
     if nd == 5:

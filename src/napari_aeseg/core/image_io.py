@@ -292,7 +292,8 @@ def _zarr_spacing(ms: dict) -> dict[str, float] | None:
 
 def _tiff_axes(axes: str, ndim: int) -> str | None:
     """Translate tifffile's axes (``QQYX``, ``ZYXS``...) where it is unambiguous."""
-    mapped = axes.upper().replace("S", "C").replace("I", "Z").replace("Q", "?")
+    # I (a plain sequence of pages) says nothing: Z, T or samples; the caller decides
+    mapped = axes.upper().replace("S", "C").replace("I", "?").replace("Q", "?")
     if "?" in mapped or len(mapped) != ndim or len(set(mapped)) != len(mapped):
         return None
     if set(mapped) - set("TCZYX"):

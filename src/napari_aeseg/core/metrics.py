@@ -29,6 +29,8 @@ class SegmentationScores:
     n_true: int
     n_pred: int
     threshold: float
+    #: independent frames the objects were matched in (1 for an image or a volume)
+    frames: int = 1
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -36,7 +38,8 @@ class SegmentationScores:
     def summary(self) -> str:
         return (
             f"AP@{self.threshold:g} {self.ap:.3f}  F1 {self.f1:.3f}  mean IoU {self.mean_matched_iou:.3f}  "
-            f"pixel IoU {self.pixel_iou:.3f}  ({self.n_pred} predicted, {self.n_true} true)"
+            f"pixel IoU {self.pixel_iou:.3f}  ({self.n_pred} predicted, {self.n_true} true"
+            + (f", in {self.frames} frames)" if self.frames > 1 else ")")
         )
 
 
@@ -77,10 +80,27 @@ def _label_image(labels, what: str) -> np.ndarray:
     return labels
 
 
+def _matches(true: np.ndarray, pred: np.ndarray, threshold: float) -> tuple[np.ndarray, int, int]:
+    """IoUs of the one-to-one matches at or above ``threshold``; numbers of objects."""
+    iou, t_ids, p_ids = iou_matrix(true, pred)
+    matched = np.zeros(0)
+    if len(t_ids) and len(p_ids):
+        rows, cols = linear_sum_assignment(-iou)
+        matched = iou[rows, cols]
+        matched = matched[matched >= threshold]
+    return matched, len(t_ids), len(p_ids)
+
+
 def score_instances(
-    true: np.ndarray, pred: np.ndarray, *, threshold: float = 0.5
+    true: np.ndarray, pred: np.ndarray, *, threshold: float = 0.5, frame_axes: int = 0
 ) -> SegmentationScores:
-    """Compare an instance prediction to the ground truth (same shape, 0 = background)."""
+    """Compare an instance prediction to the ground truth (same shape, 0 = background).
+
+    ``frame_axes`` leading axes hold independent frames (time points, samples): objects are
+    matched within each frame and the counts are pooled, so an id that continues from frame
+    to frame (a track) counts once per frame. Without it, an object is one connected id over
+    the whole array (right for 2D and 3D images, wrong for a movie).
+    """
     if not 0.0 < threshold <= 1.0:  # also refuses NaN
         raise InvalidInputError(f"the IoU threshold must lie in (0, 1], got {threshold}")
     true = _label_image(true, "ground truth")
@@ -89,13 +109,16 @@ def score_instances(
         raise InvalidInputError(
             f"prediction shape {pred.shape} differs from ground-truth shape {true.shape}"
         )
-    iou, t_ids, p_ids = iou_matrix(true, pred)
-    n_true, n_pred = len(t_ids), len(p_ids)
-    matched = np.zeros(0)
-    if n_true and n_pred:
-        rows, cols = linear_sum_assignment(-iou)
-        matched = iou[rows, cols]
-        matched = matched[matched >= threshold]
+    if not 0 <= frame_axes < max(true.ndim, 1):
+        raise InvalidInputError(
+            f"{frame_axes} frame axes leave no image axes in an array of shape {true.shape}"
+        )
+    spatial = true.shape[frame_axes:]
+    frames = zip(true.reshape(-1, *spatial), pred.reshape(-1, *spatial), strict=True)
+    parts = [_matches(t, p, threshold) for t, p in frames]
+    matched = np.concatenate([m for m, _, _ in parts])
+    n_true = sum(n for _, n, _ in parts)
+    n_pred = sum(n for _, _, n in parts)
     tp = int(len(matched))
     fp, fn = n_pred - tp, n_true - tp
     union = np.logical_or(true > 0, pred > 0).sum()
@@ -114,4 +137,5 @@ def score_instances(
         n_true=n_true,
         n_pred=n_pred,
         threshold=threshold,
+        frames=len(parts),
     )

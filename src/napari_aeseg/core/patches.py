@@ -75,6 +75,12 @@ def _check_patch_fits(spatial: tuple[int, ...], patch: tuple[int, ...]) -> None:
             raise InvalidInputError(
                 f"the image is {size} pixels along {name}, smaller than the patch size {p}; "
                 f"use a patch size of at most {size} (rounded down to the network's multiple)"
+                + (
+                    "; or, if that axis holds time points, samples or channels, say so in "
+                    "the axes (TYX, SYX, CYX)"
+                    if name == "Z"
+                    else ""
+                )
             )
 
 

@@ -184,6 +184,56 @@ def scribble_classes(labels: Sequence[np.ndarray], target: str) -> int:
     return max(2, max(int(np.max(lab)) if np.size(lab) else 0 for lab in labels))
 
 
+def frame_targets(
+    labels: np.ndarray,
+    kind: LabelsKind,
+    n_classes: int | None = None,
+    *,
+    region: np.ndarray | None = None,
+    spatial_dims: int,
+) -> np.ndarray:
+    """:func:`labels_to_target` frame by frame: ``(N, *spatial)`` from ``(*frames, *spatial)``.
+
+    The leading axes (time points, samples) are independent images: instance outlines are
+    found within a frame, never between frames (ids that continue from frame to frame, as
+    tracks do, stay separate objects). With instance masks, a frame without any label among
+    labeled ones is ignored (not taken as all background), as are frames without any of a
+    ``region``.
+    """
+    labels = np.asarray(labels)
+    if region is not None:
+        region = np.asarray(region).astype(bool)
+        if region.shape != labels.shape:
+            raise InvalidInputError(
+                f"the labeled-region mask has shape {region.shape} but the labels have shape "
+                f"{labels.shape}"
+            )
+        if not region.any():
+            raise InvalidInputError("the labeled-region mask is empty: mark the labeled crops")
+    spatial = labels.shape[labels.ndim - spatial_dims :]
+    flat = labels.reshape(-1, *spatial)
+    regions = None if region is None else region.reshape(-1, *spatial)
+    if len(flat) == 1:
+        return labels_to_target(flat[0], kind, n_classes, region=region)[None]
+    skip = [
+        (regions is not None and not regions[k].any())
+        or (kind == "instances" and regions is None and not flat[k].any())
+        for k in range(len(flat))
+    ]
+    if all(skip):  # no frame holds an object: all background (refused later, one class)
+        return np.stack([labels_to_target(f, kind, n_classes) for f in flat])
+    return np.stack(
+        [
+            np.full(spatial, -1, np.int64)
+            if skip[k]
+            else labels_to_target(
+                flat[k], kind, n_classes, region=None if regions is None else regions[k]
+            )
+            for k in range(len(flat))
+        ]
+    )
+
+
 def labels_to_target(
     labels: np.ndarray,
     kind: LabelsKind,
@@ -630,10 +680,16 @@ class SegmenterTrainer:
                 )
             internals.append(layout.to_internal(img))
             try:
-                tgt = labels_to_target(lab, config.labels_kind, config.n_classes, region=region)
+                tgt = frame_targets(
+                    lab,
+                    config.labels_kind,
+                    config.n_classes,
+                    region=region,
+                    spatial_dims=layout.spatial_dims,
+                )
             except InvalidInputError as exc:
                 raise InvalidInputError(f"labels {i + 1}: {exc}") from None
-            targets.append(tgt.reshape(-1, *layout.spatial_shape))
+            targets.append(tgt)
             masks.append(
                 None if region is None else np.asarray(region, bool).reshape(targets[-1].shape)
             )
