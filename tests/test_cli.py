@@ -630,3 +630,19 @@ def test_evaluate_a_movie_frame_by_frame(capsys, tmp_path):
         ["evaluate", str(tmp_path / "pred.tif"), "--truth", str(tmp_path / "truth.tif"),
          "--axes", "YTX"],
     )  # fmt: skip
+
+
+def test_evaluate_semantic_class_maps(capsys, tmp_path):
+    truth = np.ones((16, 16), np.uint8)
+    truth[:, 8:] = 2
+    pred = truth.copy()
+    pred[:, 7] = 2
+    tifffile.imwrite(tmp_path / "truth.tif", truth)
+    tifffile.imwrite(tmp_path / "pred.tif", pred)
+    argv = ["evaluate", str(tmp_path / "pred.tif"), "--truth", str(tmp_path / "truth.tif")]
+    assert main([*argv, "--semantic", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["images"][0]["class_iou"] == {"1": 7 / 8, "2": 8 / 9}
+    assert got["mean"]["accuracy"] == pytest.approx(15 / 16)
+    assert main([*argv, "--semantic"]) == 0
+    assert "class IoU 1: 0.875  2: 0.889" in capsys.readouterr().out

@@ -216,6 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="axes of the label files, e.g. TYX: objects are matched frame by frame along T "
         "and S (default: as the files record them, else one 2D or 3D image)",
     )
+    e.add_argument(
+        "--semantic",
+        action="store_true",
+        help="class maps (values 1..K as in the scribbles; 0 in the truth is not scored): "
+        "IoU per class, mean IoU and accuracy instead of matched objects",
+    )
     e.add_argument("--json", action="store_true", help="print JSON")
 
     i = sub.add_parser("info", help="describe a model file")
@@ -455,6 +461,7 @@ def _train_segmenter(args) -> int:
         make_segmenter_config,
         scribble_classes,
         shortened_note,
+        undertrained_note,
     )
 
     if len(args.labels) != len(args.images):
@@ -510,13 +517,16 @@ def _train_segmenter(args) -> int:
     path = model.save(args.out)
     if not args.quiet:
         print(f"saved {path}", file=sys.stderr)
+    warning = undertrained_note(model)
+    if warning:  # (even with --quiet: the model is probably useless)
+        print(f"aeseg train-segmenter: warning: {warning}", file=sys.stderr)
     return 0
 
 
 def _segment(args) -> int:
     from .core.denoiser import DenoiserModel
     from .core.image_io import ensure_output_dir, read_image, write_tiff
-    from .core.metrics import score_instances
+    from .core.metrics import score_instances, score_semantic
     from .core.segmenter import SegmenterModel
 
     model = SegmenterModel.load(args.model)
@@ -583,7 +593,10 @@ def _segment(args) -> int:
         write_tiff(f"{stem}_uncertainty.tif", result.uncertainty, axes=out_axes, spacing=space)
         if truths is not None:
             frames = len(layouts[i].sample_axes)
-            scores = score_instances(truths[i], result.labels, frame_axes=frames)
+            if model.config.target == "semantic":
+                scores = score_semantic(truths[i], result.labels)
+            else:
+                scores = score_instances(truths[i], result.labels, frame_axes=frames)
             print(f"{f.path.name}: {scores.summary()}")
         if not args.quiet:
             if model.config.target == "instances":
@@ -615,41 +628,37 @@ def _frame_axes(axes: str | None, shape: tuple[int, ...]) -> int:
 
 def _evaluate(args) -> int:
     from .core.image_io import read_image
-    from .core.metrics import score_instances
+    from .core.metrics import score_instances, score_semantic
 
     if len(args.pred) != len(args.truth):
         raise InvalidInputError(
             f"{len(args.pred)} prediction(s) but {len(args.truth)} ground truth file(s)"
         )
-    rows = []
+    rows, summaries = [], []
     for p, t in zip(args.pred, args.truth, strict=True):
         truth, pred = read_image(t), read_image(p)
-        recorded = [a for a in (pred.axes, truth.axes) if a and "C" not in a]
-        frames = _frame_axes(args.axes or next(iter(recorded), None), pred.data.shape)
-        scores = score_instances(truth.data, pred.data, threshold=args.threshold, frame_axes=frames)
+        if args.semantic:
+            scores = score_semantic(truth.data, pred.data)
+        else:
+            recorded = [a for a in (pred.axes, truth.axes) if a and "C" not in a]
+            frames = _frame_axes(args.axes or next(iter(recorded), None), pred.data.shape)
+            scores = score_instances(
+                truth.data, pred.data, threshold=args.threshold, frame_axes=frames
+            )
         rows.append({"pred": p, "truth": t, **scores.as_dict()})
-    if len(rows) > 1:
-        mean = {
-            k: float(np.mean([r[k] for r in rows]))
-            for k in ("ap", "f1", "mean_matched_iou", "pixel_iou")
-        }
-    else:
-        mean = {k: rows[0][k] for k in ("ap", "f1", "mean_matched_iou", "pixel_iou")}
+        summaries.append(f"{p}: {scores.summary()}")
+    keys = (
+        ("mean_iou", "accuracy") if args.semantic else ("ap", "f1", "mean_matched_iou", "pixel_iou")
+    )
+    mean = {k: float(np.mean([r[k] for r in rows])) for k in keys}
     if args.json:
         print(json.dumps({"images": rows, "mean": mean}, indent=2))
-    else:
-        for r in rows:
-            print(
-                f"{r['pred']}: AP@{args.threshold:g} {r['ap']:.3f}  F1 {r['f1']:.3f}  "
-                f"mean IoU {r['mean_matched_iou']:.3f}  pixel IoU {r['pixel_iou']:.3f}  "
-                f"({r['n_pred']} predicted, {r['n_true']} true"
-                + (f", in {r['frames']} frames)" if r["frames"] > 1 else ")")
-            )
-        if len(rows) > 1:
-            print(
-                f"mean: AP {mean['ap']:.3f}  F1 {mean['f1']:.3f}  mean IoU "
-                f"{mean['mean_matched_iou']:.3f}  pixel IoU {mean['pixel_iou']:.3f}"
-            )
+        return 0
+    print("\n".join(summaries))
+    if len(rows) > 1:
+        names = {"ap": "AP", "f1": "F1", "mean_matched_iou": "mean IoU", "pixel_iou": "pixel IoU"}
+        names |= {"mean_iou": "mean IoU", "accuracy": "accuracy"}
+        print("mean: " + "  ".join(f"{names[k]} {v:.3f}" for k, v in mean.items()))
     return 0
 
 

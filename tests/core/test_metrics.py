@@ -80,3 +80,27 @@ def test_frames_are_matched_one_by_one():
     assert as_volume.n_true == 2 and as_volume.n_pred == 4 and as_volume.frames == 1
     with pytest.raises(InvalidInputError, match="frame axes"):
         score_instances(truth, pred, frame_axes=3)
+
+
+def test_semantic_scores_per_class():
+    from napari_aeseg.core.metrics import score_semantic
+
+    truth = np.zeros((10, 10), np.uint8)
+    truth[:, :5], truth[:, 5:] = 1, 2
+    truth[0] = 0  # not scored
+    pred = truth.copy()
+    pred[0] = 3  # wrong, but where the truth is not scored
+    pred[1:, 4] = 2  # one column of class 1 called 2
+    s = score_semantic(truth, pred)
+    assert s.scored_pixels == 90
+    assert s.class_iou == {1: pytest.approx(36 / 45), 2: pytest.approx(45 / 54)}
+    assert s.mean_iou == pytest.approx((36 / 45 + 45 / 54) / 2)
+    assert s.accuracy == pytest.approx(81 / 90)
+    assert "class IoU 1: 0.800  2: 0.833" in s.summary()
+    # a class only predicted counts, with IoU 0
+    pred[5, 5] = 3
+    assert score_semantic(truth, pred).class_iou[3] == 0.0
+    # the instance scores of the same maps said nothing useful (one "object" per class)
+    assert score_semantic(truth, truth).mean_iou == 1.0
+    with pytest.raises(InvalidInputError, match="no class"):
+        score_semantic(np.zeros_like(truth), pred)

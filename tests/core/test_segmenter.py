@@ -316,7 +316,7 @@ def test_scribble_values_that_are_not_classes(nuclei_2d):
         train(truth)
     many = truth.copy()
     many[:4, :] = np.arange(1, many.shape[1] + 1) % 40 + 1
-    with pytest.raises(InvalidInputError, match="40 different values.*labels kind 'instances'"):
+    with pytest.raises(InvalidInputError, match="values up to 40.*labels kind 'instances'"):
         train(many, target="semantic")
     with pytest.raises(InvalidInputError, match="hold no object"):
         train(np.zeros_like(truth), "instances")
@@ -604,3 +604,36 @@ def test_instance_masks_of_a_movie_become_classes_frame_by_frame():
     assert (with_region[1:] == -1).all()
     empty = frame_targets(np.zeros_like(movie), "instances", 3, spatial_dims=2)
     assert empty.shape == movie.shape and (empty == 0).all()  # refused later: one class
+
+
+def test_both_modes_refuse_gaps_and_too_many_classes(nuclei_2d):
+    from napari_aeseg.core.segmenter import scribble_classes
+
+    _, noisy, truth = nuclei_2d
+    scribbles = simulated_scribbles(truth, fraction=0.03, seed=0)
+    gap = scribbles.copy()
+    gap[:3, :3] = 9  # classes 1, 2 and 9
+    feats = classic_features(noisy)
+    for fit in (
+        lambda lab: PixelClassifier().fit(feats, lab),
+        lambda lab: scribble_classes([lab], "semantic"),
+    ):
+        with pytest.raises(InvalidInputError, match=r"3, 4, 5, 6, 7, 8 are not used but 9"):
+            fit(gap)
+        big = scribbles.astype(np.uint16)
+        big[:1, :300] = np.arange(1, 301)[: big.shape[1]]
+        with pytest.raises(InvalidInputError, match="at most 32 classes"):
+            fit(big)
+
+
+def test_a_run_that_learnt_nothing_is_flagged(nuclei_2d):
+    from napari_aeseg.core.segmenter import undertrained_note
+
+    _, noisy, truth = nuclei_2d
+    seg = train_segmenter(
+        noisy, truth, labels_kind="instances", device="cpu", depth=2, base_channels=8,
+        **{**SEG, "steps": 3, "learning_rate": 1e-6},
+    )  # fmt: skip
+    assert "near the 1.10 of guessing" in undertrained_note(seg)
+    seg.history = [(k, 0.2, math.nan) for k in range(1, 30)]
+    assert undertrained_note(seg) is None

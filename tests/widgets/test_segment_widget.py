@@ -11,7 +11,7 @@ from napari.layers import Image, Labels
 
 from napari_aeseg._widgets.segment import FINE_TUNE, INSTANT, output_names
 from napari_aeseg.core.errors import InvalidInputError
-from napari_aeseg.core.metrics import score_instances
+from napari_aeseg.core.metrics import score_instances, score_semantic
 from napari_aeseg.core.noise import add_noise
 from napari_aeseg.core.postprocess import instances_from_probabilities
 from napari_aeseg.core.segmenter import SegmenterModel
@@ -311,12 +311,22 @@ def test_semantic_classes_then_instances_reuse_the_output_layers(qtbot, segment_
     viewer, widget = segment_viewer
     _, truth, scribbles = cells
     paint(viewer, widget, scribbles)
-    widget.set_options(mode=INSTANT, target="semantic")
+    classes = (truth > 0).astype(np.uint8) + 1  # a class map: 1 background, 2 nuclei
+    viewer.add_labels(classes, name="classes", scale=(0.5, 0.25), translate=(10.0, -4.0))
+    widget.set_options(mode=INSTANT, target="semantic", ground_truth="classes")
+    assert "one value per class" in widget.hint.text()
     widget.run_button.click()
     wait_idle(qtbot, widget, timeout=60_000)
     seg, prob = viewer.layers[SEG_NAME], viewer.layers[PROB_NAME]
     assert set(np.unique(seg.data)) == {1, 2}
     assert ((seg.data == 2) == (truth > 0)).mean() > 0.9
+    # scored as classes: IoU per class, not as objects
+    want = score_semantic(classes, np.asarray(seg.data))
+    assert want.mean_iou > 0.7
+    assert widget.metrics.text().startswith(f"mean IoU {want.mean_iou:.3f} · accuracy")
+    assert f"IoU per class 1: {want.class_iou[1]:.2f}, 2: {want.class_iou[2]:.2f}" in (
+        widget.metrics.text()
+    )
     # all classes as a stack, one plane per class in front of the image axes
     assert prob.data.shape == (2, *truth.shape)
     np.testing.assert_allclose(prob.scale, (1.0, 0.5, 0.25))
@@ -715,3 +725,15 @@ def test_a_movie_learns_from_masks_of_some_frames_and_is_scored_frame_by_frame(
     assert score_instances(tracks[1], seg[1]).ap > 0.4
     assert "in 3 frames" in widget.metrics.text()
     assert f"AP@0.5 {by_frame.ap:.3f}" in widget.metrics.text()
+
+
+def test_a_fine_tune_that_learnt_nothing_says_so(qtbot, segment_viewer, cells, monkeypatch):
+    viewer, widget = segment_viewer
+    warned: list[str] = []
+    monkeypatch.setattr("napari_aeseg._widgets.segment.show_warning", warned.append)
+    paint(viewer, widget, cells[2])
+    widget.set_options(**{**TINY_SEG, "steps": 3, "learning_rate": 1e-6})
+    widget.run_button.click()
+    wait_idle(qtbot, widget, timeout=60_000)
+    assert "near the 0.69 of guessing" in widget.status.text()
+    assert len(warned) == 1 and "train for more steps" in warned[0]

@@ -9,6 +9,9 @@ from qtpy.QtCore import QTimer
 
 from napari_aeseg._widgets.denoise import output_name
 from napari_aeseg._widgets.loss_plot import TRAIN_COLOR, VAL_COLOR
+from napari_aeseg.core.config import Normalization
+from napari_aeseg.core.denoiser import DenoiserModel
+from napari_aeseg.core.models import build_network
 from napari_aeseg.core.noise import psnr
 
 from .conftest import layer_state, wait_idle
@@ -33,6 +36,8 @@ def test_train_from_start_button_then_denoise(qtbot, viewer_with_widgets, nuclei
     # the preview (every 20 steps) overlays the input
     preview = viewer.layers["noisy preview"]
     assert preview.data.shape == noisy.shape
+    # hidden once training ends: it would cover the image and every result laid over it
+    assert not preview.visible and "preview is hidden" in train.status.text()
     offered = [train.layer_list.item(i).text() for i in range(train.layer_list.count())]
     assert offered == ["noisy"], "the preview is never offered as a training image"
     # the model is offered in the Denoise widget, selected
@@ -422,3 +427,27 @@ def test_a_result_layer_follows_the_inputs_units(make_napari_viewer):
     again = show_result_layer(viewer, "out", image.data, spatial_metadata(image), display)
     assert again is out
     assert out.units == image.units and out.axis_labels == ("y", "x")
+
+
+def test_denoise_keeps_labelled_axes_and_fits_guesses_to_the_model(viewer_with_widgets):
+    from napari_aeseg._widgets.denoise import axes_for_model
+    from napari_aeseg.core.training import make_denoiser_config
+
+    rng = np.random.default_rng(0)
+    viewer, _, _ = viewer_with_widgets()
+    labelled = viewer.add_image(rng.random((32, 32, 2)), name="yxc", axis_labels=("y", "x", "c"))
+    plain = viewer.add_image(rng.random((2, 32, 32)), name="plain")
+    movie = viewer.add_image(rng.random((4, 32, 32)), name="movie")
+
+    def model(axes, shape):
+        cfg = make_denoiser_config(shape, axes=axes, depth=2, base_channels=4)
+        cfg.normalization = Normalization(low=[0.0] * cfg.n_channels, high=[1.0] * cfg.n_channels)
+        return DenoiserModel(config=cfg, network=build_network(cfg.architecture))
+
+    cyx = model("CYX", (2, 32, 32))
+    # the layer's own labels win over the model's order of the same letters
+    assert axes_for_model(labelled, cyx) == "YXC"
+    assert axes_for_model(plain, cyx) == "CYX"
+    # a guess (2-4 planes: channels) gives way to what fits a one-channel 2D model
+    assert axes_for_model(movie, model("TYX", (4, 32, 32))) == "TYX"
+    assert axes_for_model(movie, model("YX", (32, 32))) == "SYX"

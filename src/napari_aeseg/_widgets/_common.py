@@ -292,9 +292,13 @@ def guess_layer_axes(layer: Image) -> str:
         return known
     shape = tuple(layer_data(layer).shape)
     try:
-        return guess_axes(shape, rgb=layer.rgb)
+        guess = guess_axes(shape, rgb=layer.rgb)
     except AesegError:
         return ""
+    # a few leading planes are guessed to be channels, unless the layer spaces them out
+    if guess.startswith("C") and not layer.rgb and abs(float(layer.scale[0])) != 1.0:
+        guess = "Z" + guess[1:]
+    return guess
 
 
 def spatial_metadata(layer: Image) -> dict:

@@ -89,6 +89,30 @@ def output_name(layer_name: str, model_name: str) -> str:
     return f"{layer_name} denoised ({model_name})"
 
 
+def axes_for_model(layer, model: DenoiserModel | None) -> str:
+    """The axes to denoise a layer with: its axis labels if it has them, else the first of
+    the model's axes, the guess, and the guess with its channels as planes that fits the
+    model. A 2D model goes through a stack slice by slice (Z becomes S)."""
+    known = labelled_axes(layer)
+    guess = known or guess_layer_axes(layer)
+    if model is None:
+        return guess
+    shape = tuple(layer_data(layer).shape)
+    candidates = [guess] if known else [model.config.axes, guess, guess.replace("C", "Z")]
+    fitting = []
+    for axes in candidates:
+        if model.config.spatial_dims == 2 and "Z" in axes:
+            axes = axes.replace("Z", "S")
+        try:
+            model.check_layout(shape, axes)
+        except AesegError:
+            continue
+        fitting.append(axes)
+    if fitting:
+        return fitting[0]
+    return guess.replace("Z", "S") if model.config.spatial_dims == 2 else guess
+
+
 class DenoiseWidget(StopsWhenUndocked, QWidget):
     """Denoise an image layer with a model of this session (or one from a file)."""
 
@@ -214,17 +238,7 @@ class DenoiseWidget(StopsWhenUndocked, QWidget):
         layer = self.layer_combo.layer()
         if layer is None:
             return
-        known = labelled_axes(layer)
-        axes = known or guess_layer_axes(layer)
-        model = self.model()
-        if model is not None:
-            # a guess gives way to the model's order of the same axes; the layer's labels do not
-            same = len(model.config.axes) == len(axes) and set(model.config.axes) == set(axes)
-            if known is None and same:
-                axes = model.config.axes
-            if model.config.spatial_dims == 2 and "Z" in axes:
-                axes = axes.replace("Z", "S")  # a 2D model goes through a stack slice by slice
-        self.axes_edit.setText(axes)
+        self.axes_edit.setText(axes_for_model(layer, self.model()))
 
     def _update_buttons(self) -> None:
         self.run_button.setEnabled(not self._running and self.model() is not None)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from napari.layers import Image, Labels, Shapes
-from napari.utils.notifications import show_error
+from napari.utils.notifications import show_error, show_warning
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -36,7 +36,6 @@ from qtpy.QtWidgets import (
     QPushButton,
     QWidget,
 )
-from scipy import ndimage as ndi
 from superqt import QCollapsible
 
 from ..core.data import check_axes_match
@@ -44,7 +43,7 @@ from ..core.denoiser import DenoiserModel
 from ..core.devices import describe_device, resolve_device
 from ..core.errors import AesegError, InvalidInputError, TrainingCancelled
 from ..core.features import PixelClassifier, classic_features, encoder_features
-from ..core.metrics import score_instances
+from ..core.metrics import SemanticScores, score_instances, score_semantic
 from ..core.postprocess import (
     entropy,
     instances_from_probabilities,
@@ -60,6 +59,7 @@ from ..core.segmenter import (
     make_segmenter_config,
     scribble_classes,
     shortened_note,
+    undertrained_note,
 )
 from ..core.tiling import Cancelled, TileProgress
 from ..core.training import TrainingProgress
@@ -98,6 +98,7 @@ SCRIBBLES = "scribbles"
 MASKS = "instance masks"
 LIVE_DELAY_MS = 300
 SCRIBBLE_HINT = "Paint 1 = background, 2 = foreground (3, 4... more classes)."
+SEMANTIC_HINT = "Paint one value per class: 1, 2, 3... (1 is often the background)."
 MASK_HINT = (
     "Paint each object with its own label, 0 = background; labeled only in places? "
     "Mark those crops."
@@ -300,8 +301,12 @@ def _score(truth, labels: np.ndarray, target: str, frame_axes: int = 0):
         return InvalidInputError(
             f"ground truth of shape {truth.shape} does not match the segmentation {labels.shape}"
         )
-    pred = labels if target == "instances" else ndi.label(labels >= 2)[0]
-    return score_instances(truth, pred, frame_axes=frame_axes)
+    try:
+        if target != "instances":
+            return score_semantic(truth, labels)
+        return score_instances(truth, labels, frame_axes=frame_axes)
+    except AesegError as exc:  # shown next to the result, which is kept
+        return exc
 
 
 # --------------------------------------------------------------------------- layers
@@ -535,6 +540,7 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
             "Semantic: one label per class."
         )
         form.addRow("Target", self.target_combo)
+        self.target_combo.currentIndexChanged.connect(lambda *_: self._on_kind_changed())
 
         self.mode_combo = combo_box([INSTANT, FINE_TUNE])
         self.mode_combo.setToolTip(
@@ -597,7 +603,9 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         form.addRow("Device", self.device_combo)
         self.truth_combo = LabelsLayerCombo(self.viewer, none=NO_TRUTH, exclude=is_output)
         self.truth_combo.setToolTip(
-            "Optional ground truth: AP@0.5, F1 and IoU are shown after each result"
+            "Optional ground truth, shown against each result: instances (0 = background, "
+            "an id per object) give AP@0.5, F1 and IoU; semantic classes (values as the "
+            "scribbles, 0 = not scored) give the IoU per class, their mean and the accuracy"
         )
         form.addRow("Ground truth", self.truth_combo)
 
@@ -884,7 +892,8 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         if masks:
             self.target_combo.setCurrentText("instances")
         self.target_combo.setEnabled(not masks)
-        self.hint.setText(MASK_HINT if masks else SCRIBBLE_HINT)
+        semantic = self.target_combo.currentText() == "semantic"
+        self.hint.setText(MASK_HINT if masks else SEMANTIC_HINT if semantic else SCRIBBLE_HINT)
         # labeled crops inside an otherwise unlabeled image only mean something for masks
         self.regions_row.setVisible(masks)
         self.regions_label.setVisible(masks)
@@ -1418,9 +1427,19 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         else:
             self.progress.setValue(self.progress.maximum())
         self.status.setText(f"Done: {n} {what}{where} in '{layer.name}'.")
+        warning = undertrained_note(result.model) if result.model is not None else None
+        if warning:
+            self.status.setText(f"{self.status.text()} Warning: {warning}.")
+            show_warning(f"Segment: {warning}")
         scores = result.scores
         if isinstance(scores, AesegError):
             self.metrics.setText(f"Ground truth not scored: {scores}")
+        elif isinstance(scores, SemanticScores):
+            per = ", ".join(f"{k}: {v:.2f}" for k, v in scores.class_iou.items())
+            self.metrics.setText(
+                f"mean IoU {scores.mean_iou:.3f} · accuracy {scores.accuracy:.3f} · "
+                f"IoU per class {per}"
+            )
         elif scores is not None:
             self.metrics.setText(
                 f"AP@0.5 {scores.ap:.3f} · F1 {scores.f1:.3f} · mean IoU "

@@ -763,9 +763,23 @@ class TrainDenoiserWidget(StopsWhenUndocked, QWidget):
         region = self._preview_region
         if region is None:
             return
-        show_result_layer(
+        layer = show_result_layer(
             self.viewer, f"{region.layer_name} preview", item.image, region.metadata, region.display
         )
+        if layer is not None:
+            layer.visible = True  # (hidden when the last run ended)
+
+    def _hide_preview(self) -> bool:
+        """Hide the preview once training ends: it covers the image and every result laid
+        over it (the Segment widget's labels). True if there was one to hide."""
+        region = self._preview_region
+        layer = (
+            None if region is None else output_layer(self.viewer, f"{region.layer_name} preview")
+        )
+        if layer is None or not layer.visible:
+            return False
+        layer.visible = False
+        return True
 
     def _flush_progress(self) -> None:
         p = self._latest
@@ -788,8 +802,13 @@ class TrainDenoiserWidget(StopsWhenUndocked, QWidget):
         self._running = False
         self._worker = None
         try:
+            hidden = self._hide_preview()
             if isinstance(result, Trained):
                 self._register(result.model)
+                if hidden:
+                    self.status.setText(
+                        f"{self.status.text()} Its preview is hidden (tick it to compare)."
+                    )
             elif isinstance(result, Failure):
                 job = self._holder.job
                 started = job is not None and job.trainer is not None and job.trainer.step > 0

@@ -23,7 +23,7 @@ from .data import Layout, check_axes_match, check_image
 from .denoiser import DenoiserModel
 from .devices import resolve_device
 from .errors import InvalidInputError
-from .segmenter import MAX_SCRIBBLE_CLASSES
+from .segmenter import check_class_numbering
 from .tiling import iter_predict_tiled, run_generator
 
 #: feature stacks up to this size (bytes) are always allowed; larger ones up to half the
@@ -174,14 +174,8 @@ class PixelClassifier:
                 f"only label {int(classes[0])} is annotated; paint at least two classes "
                 "(e.g. 1 = background and 2 = foreground)"
             )
-        # one probability plane per value up to the largest painted one
-        if classes.max() > MAX_SCRIBBLE_CLASSES:
-            raise InvalidInputError(
-                f"the scribbles use values up to {int(classes.max())}: scribbles are "
-                "1 = background, 2 = foreground, k + 1 = class k (at most "
-                f"{MAX_SCRIBBLE_CLASSES} classes); if these are instance masks, give them as such "
-                "(labels kind 'instances')"
-            )
+        # one probability plane per value up to the largest painted one: 1..K, no gaps
+        check_class_numbering(classes)
         rng = np.random.default_rng(self.seed)
         if len(labeled) > self.max_samples:
             labeled = rng.choice(labeled, self.max_samples, replace=False)

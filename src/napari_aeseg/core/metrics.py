@@ -139,3 +139,56 @@ def score_instances(
         threshold=threshold,
         frames=len(parts),
     )
+
+
+@dataclass(frozen=True)
+class SemanticScores:
+    """Class maps compared pixel by pixel (values 1..K as in the scribbles; 0 not scored)."""
+
+    #: IoU of each class value found in the ground truth or the prediction (scored pixels)
+    class_iou: dict[int, float]
+    mean_iou: float
+    accuracy: float
+    scored_pixels: int
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["class_iou"] = {str(k): v for k, v in self.class_iou.items()}
+        return d
+
+    def summary(self) -> str:
+        per = "  ".join(f"{k}: {v:.3f}" for k, v in self.class_iou.items())
+        return f"mean IoU {self.mean_iou:.3f}  accuracy {self.accuracy:.3f}  class IoU {per}"
+
+
+def score_semantic(true: np.ndarray, pred: np.ndarray) -> SemanticScores:
+    """Compare a class map to the ground truth: IoU per class, their mean, and accuracy.
+
+    Both hold class values as scribbles do (1 = the first class, often background; k + 1 =
+    class k). Pixels whose ground truth is 0 are not scored, so a partly labeled truth works.
+    """
+    true = _label_image(true, "ground truth")
+    pred = _label_image(pred, "prediction")
+    if true.shape != pred.shape:
+        raise InvalidInputError(
+            f"prediction shape {pred.shape} differs from ground-truth shape {true.shape}"
+        )
+    scored = true > 0
+    n = int(scored.sum())
+    if not n:
+        raise InvalidInputError(
+            "the ground truth holds no class (all 0); classes are 1, 2, ... as in the scribbles"
+        )
+    t, p = true[scored].astype(np.int64), pred[scored].astype(np.int64)
+    classes = np.union1d(np.unique(t), np.unique(p))
+    classes = classes[classes > 0]
+    ious = {}
+    for k in classes:
+        tk, pk = t == k, p == k
+        ious[int(k)] = float(np.logical_and(tk, pk).sum() / np.logical_or(tk, pk).sum())
+    return SemanticScores(
+        class_iou=ious,
+        mean_iou=float(np.mean(list(ious.values()))),
+        accuracy=float((t == p).mean()),
+        scored_pixels=n,
+    )
