@@ -510,6 +510,14 @@ def _train_segmenter(args) -> int:
         name=Path(args.out).stem,
         regions=regions,
     )
+    if not args.quiet:
+        start = "a denoiser's weights" if encoder is not None else "random weights"
+        what = f"{config.n_classes} classes" if config.target == "semantic" else "instances"
+        print(
+            f"training a segmenter of {what} from {start} on {len(files)} image(s), "
+            f"axes {config.axes}, device {trainer.device.type}",
+            file=sys.stderr,
+        )
     if trainer.requested_steps is not None and not args.quiet:
         note = shortened_note(trainer)
         print(f"training{note} (--no-step-limit trains them all)", file=sys.stderr)

@@ -320,6 +320,10 @@ def test_semantic_classes_then_instances_reuse_the_output_layers(qtbot, segment_
     seg, prob = viewer.layers[SEG_NAME], viewer.layers[PROB_NAME]
     assert set(np.unique(seg.data)) == {1, 2}
     assert ((seg.data == 2) == (truth > 0)).mean() > 0.9
+    # the results are not offered to the Train widget as training images
+    _, train = viewer.window.add_plugin_dock_widget("napari-aeseg", "Train denoiser")
+    offered = [train.layer_list.item(i).text() for i in range(train.layer_list.count())]
+    assert offered == ["noisy"]
     # scored as classes: IoU per class, not as objects
     want = score_semantic(classes, np.asarray(seg.data))
     assert want.mean_iou > 0.7

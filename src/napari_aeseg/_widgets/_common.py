@@ -461,7 +461,9 @@ class ImageLayerList(_FollowsLayers, QListWidget):
         return hint
 
     def _refresh(self) -> None:
-        layers = [ly for ly in image_layers(self._viewer) if not is_preview(ly)]
+        # the plugin's own results (previews, denoised images, probabilities) are no
+        # training material for a denoiser
+        layers = [ly for ly in image_layers(self._viewer) if not (is_preview(ly) or is_output(ly))]
         self._watch_names(layers)
         names = [ly.name for ly in layers]
         if names == [self.item(i).text() for i in range(self.count())]:
