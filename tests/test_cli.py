@@ -646,3 +646,23 @@ def test_evaluate_semantic_class_maps(capsys, tmp_path):
     assert got["mean"]["accuracy"] == pytest.approx(15 / 16)
     assert main([*argv, "--semantic"]) == 0
     assert "class IoU 1: 0.875  2: 0.889" in capsys.readouterr().out
+
+
+def test_files_far_from_the_training_intensities_get_a_warning(
+    files, model_file, capsys, nuclei_2d, tmp_path
+):
+    _, noisy, _ = nuclei_2d
+    tifffile.imwrite(tmp_path / "ct.tif", (noisy * 3000 - 1000).astype(np.int16))
+    out = tmp_path / "out"
+    assert (
+        main(["denoise", str(model_file), str(tmp_path / "ct.tif"), "--out", str(out), "--quiet"])
+        == 0
+    )
+    err = capsys.readouterr().err
+    assert "aeseg denoise: warning: ct.tif: the image's intensities" in err
+    assert (out / "ct.tif").exists()
+    assert (
+        main(["denoise", str(model_file), str(files / "noisy.tif"), "--out", str(out), "--quiet"])
+        == 0
+    )
+    assert "warning" not in capsys.readouterr().err

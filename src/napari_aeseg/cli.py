@@ -360,6 +360,13 @@ def _check_tiling(model, layout, args) -> None:
     )
 
 
+def _warn_intensities(args, model, f, axes: str) -> None:
+    """One stderr line when a file's intensities are far from the model's training data."""
+    note = model.intensity_note(f.data, axes)
+    if note:  # (even with --quiet: the results may be useless)
+        print(f"aeseg {args.command}: warning: {f.path.name}: {note}", file=sys.stderr)
+
+
 def _voxel_size(args, f, layout) -> tuple[tuple[str, float], ...] | None:
     """``(axis, size)`` pairs of an image's spatial axes from ``--spacing`` or the file."""
     from .core.postprocess import relative_spacing, spatial_spacing
@@ -410,6 +417,7 @@ def _denoise(args) -> int:
         axes = args.axes or (f.axes if f.axes and len(f.axes) == f.data.ndim else None)
         layouts.append(model.check_layout(f.data.shape, axes))
         _check_tiling(model, layouts[-1], args)
+        _warn_intensities(args, model, f, layouts[-1].axes)
     out_dir = ensure_output_dir(args.out)
     for f, layout in zip(files, layouts, strict=True):
         result = _run_with_bar(
@@ -555,6 +563,8 @@ def _segment(args) -> int:
                 raise InvalidInputError(f"denoiser '{args.denoise_with}': {exc}") from None
         layout = model.check_layout(f.data.shape, axes)
         _check_tiling(model, layout, args)
+        # (after a denoiser, its output is in the image's range: the segmenter sees that)
+        _warn_intensities(args, denoiser or model, f, layout.axes)
         spacings.append(_voxel_size(args, f, layout))
         layouts.append(layout)
         want = (

@@ -186,3 +186,21 @@ def test_a_network_of_small_patches_denoises_in_tiles_of_its_patch(nuclei_2d, ti
     whole = model.denoise(noisy, device="cpu", tile=128)
     assert psnr(clean, auto, 1.0) > psnr(clean, whole, 1.0) + 2.0
     assert psnr(clean, auto, 1.0) > psnr(clean, noisy, 1.0) + 4.0
+
+
+def test_intensities_far_from_the_training_data_are_flagged(nuclei_2d, tiny):
+    _, noisy, _ = nuclei_2d
+    model = _train(noisy, tiny, steps=1)  # trained on 0..1
+    assert model.intensity_note(noisy) is None
+    assert model.intensity_note(noisy * 2.5 + 0.3) is None  # brighter, but comparable
+    ct = (noisy * 3000 - 1000).astype(np.int16)  # CT numbers
+    note = model.intensity_note(ct)
+    assert note is not None and "far from those" in note and "train on images like" in note
+    assert "far from" in model.intensity_note(noisy * 0.01)  # a 100x narrower range
+    assert "far from" in model.intensity_note(noisy + 5.0)  # wholly above it
+    big = np.tile(noisy, (12, 12))  # sampled, not read whole: still right
+    assert model.intensity_note(big) is None
+    # channels are checked one by one, and never subsampled away
+    two = np.stack([noisy, noisy * 500], axis=-1)
+    model2 = _train(np.stack([noisy, noisy], axis=-1), tiny, steps=1, axes="YXC")
+    assert "channel 1" in model2.intensity_note(two, "YXC")

@@ -451,3 +451,20 @@ def test_denoise_keeps_labelled_axes_and_fits_guesses_to_the_model(viewer_with_w
     # a guess (2-4 planes: channels) gives way to what fits a one-channel 2D model
     assert axes_for_model(movie, model("TYX", (4, 32, 32))) == "TYX"
     assert axes_for_model(movie, model("YX", (32, 32))) == "SYX"
+
+
+def test_denoise_warns_on_intensities_far_from_the_training_data(
+    viewer_with_widgets, nuclei, monkeypatch
+):
+    warned: list[str] = []
+    monkeypatch.setattr("napari_aeseg._widgets.denoise.show_warning", warned.append)
+    viewer, train, denoise = viewer_with_widgets()
+    train.set_options(steps=2, preview=False)
+    train.start(sync=True)
+    denoise.run(sync=True)
+    assert warned == []
+    viewer.add_image((nuclei[1] * 3000 - 1000).astype(np.int16), name="ct")
+    denoise.layer_combo.setCurrentText("ct")
+    denoise.run(sync=True)
+    assert len(warned) == 1 and "far from those" in warned[0]
+    assert viewer.layers[output_name("ct", train.model.name)].data.shape == nuclei[1].shape

@@ -471,7 +471,7 @@ class ImageLayerList(_FollowsLayers, QListWidget):
         checked = {ly.name for ly in self.layers()} & set(names)
         if not checked and names:
             active = self._viewer.layers.selection.active
-            checked = {active.name if isinstance(active, Image) else names[0]}
+            checked = {active.name if isinstance(active, Image) and active in layers else names[0]}
         self.blockSignals(True)
         self.clear()
         for name in names:

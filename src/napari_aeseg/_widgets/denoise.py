@@ -12,7 +12,7 @@ import threading
 from dataclasses import dataclass
 
 import numpy as np
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -278,6 +278,9 @@ class DenoiseWidget(StopsWhenUndocked, QWidget):
             self.status.setText(f"Not started: {str(exc).splitlines()[0]}")
             report_failure(exc, "Denoising")
             return
+        note = model.intensity_note(data, axes)
+        if note:
+            show_warning(f"Denoise: {note}")
         self._target = (
             output_name(layer.name, model.name),
             spatial_metadata(layer),

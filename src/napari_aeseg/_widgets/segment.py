@@ -444,6 +444,7 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         self._planned_steps = 0
         self._model: SegmenterModel | None = None
         self._registered_name: str | None = None
+        self._intensity_warned: set[tuple[int, str]] = set()
         self._features: tuple[tuple, np.ndarray] | None = None
         self._spacing: tuple[float, ...] | None = None  # the voxel size of the last run
         self._live = _LayerLink(self._schedule_live)
@@ -1138,6 +1139,7 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         device = resolve_device(self.device_combo.device())
         encoder = self.encoder()
         denoiser = self.denoiser()
+        self._warn_intensities(denoiser or encoder, data, axes, image.name)
         self._job = SegmentJob()
         self._job_ref[0] = self._job
         names = output_names(image.name)
@@ -1196,6 +1198,19 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
             spacing=spacing,
         )
         return gen, config.training.steps
+
+    def _warn_intensities(self, model, data, axes: str, layer_name: str) -> None:
+        """Warn once per model and layer when a denoiser (to denoise first, or as the
+        encoder) was trained on intensities far from the image's: its output means little."""
+        if model is None or (id(model), layer_name) in self._intensity_warned:
+            return
+        self._intensity_warned.add((id(model), layer_name))
+        try:
+            note = model.intensity_note(data, axes)
+        except AesegError:  # (a layout the run itself will refuse, with its own message)
+            return
+        if note:
+            show_warning(f"Segment: {note}")
 
     def _prepare_instant(
         self, image, data, labels, truth, axes, encoder, denoiser, device, target, masks, region

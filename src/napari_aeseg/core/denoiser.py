@@ -25,6 +25,10 @@ from .tiling import (
     with_flip_averaging,
 )
 
+#: an image whose intensity range is this many times wider or narrower than the training
+#: data's gets a warning (:meth:`TrainedModel.intensity_note`)
+FAR_RANGE = 10.0
+
 
 @dataclass
 class TrainedModel:
@@ -203,6 +207,42 @@ class TrainedModel:
                 **options,
             )
         return out
+
+    def intensity_note(self, image, axes: str | None = None) -> str | None:
+        """A warning when an image's intensities are far from those of the training data.
+
+        The model maps its training range (``normalization``: percentiles of the training
+        images) to 0..1. An image whose same percentiles span over 10 times more or less, or
+        lie wholly outside that range (a 0..1 model on CT numbers, an 8-bit model on 16-bit
+        data), gives outputs that mean nothing, silently. Computed on about a million
+        pixels; None when the intensities are comparable.
+        """
+        norm = self.config.normalization
+        if norm is None:
+            return None
+        layout = self.check_layout(tuple(np.shape(image)), axes)
+        n = float(np.prod(layout.shape)) / max(1, layout.channels)
+        step = max(1, int((n / 1e6) ** (1 / max(1, len(layout.shape) - ("C" in layout.axes)))))
+        index = tuple(slice(None) if a == "C" else slice(None, None, step) for a in layout.axes)
+        sample = np.asarray(image[index], dtype=np.float64)
+        internal = Layout(layout.axes, sample.shape).to_internal(sample)
+        for c in range(internal.shape[1]):
+            values = internal[:, c]
+            values = values[np.isfinite(values)]
+            if not values.size:
+                continue
+            lo, hi = (float(v) for v in np.percentile(values, norm.percentiles))
+            low, high = norm.low[c], norm.high[c]
+            span = high - low
+            a, b = (lo - low) / span, (hi - low) / span
+            if hi > lo and (b - a > FAR_RANGE or b - a < 1 / FAR_RANGE or b < 0 or a > 1):
+                which = f" in channel {c}" if internal.shape[1] > 1 else ""
+                return (
+                    f"the image's intensities{which} ({lo:.4g} to {hi:.4g}) are far from those "
+                    f"'{self.name}' was trained on ({low:.4g} to {high:.4g}): its results may "
+                    "mean nothing; train on images like this one"
+                )
+        return None
 
     def training_patch(self, spatial_dims: int) -> tuple[int, ...]:
         """The patch the network was trained on, per spatial axis (``(Z,) Y, X``)."""
