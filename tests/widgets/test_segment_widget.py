@@ -741,3 +741,17 @@ def test_a_fine_tune_that_learnt_nothing_says_so(qtbot, segment_viewer, cells, m
     wait_idle(qtbot, widget, timeout=60_000)
     assert "near the 0.69 of guessing" in widget.status.text()
     assert len(warned) == 1 and "train for more steps" in warned[0]
+
+
+def test_a_2d_encoder_takes_a_stack_slice_by_slice(
+    make_napari_viewer, cells, tiny_denoiser, empty_session
+):
+    noisy = cells[0]
+    viewer = make_napari_viewer()
+    viewer.add_image(np.stack([noisy[:64, :64]] * 6), name="stack")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-aeseg", "Segment")
+    widget.set_options(image="stack")
+    assert widget.axes_edit.text() == "ZYX"
+    empty_session.add_model(tiny_denoiser)
+    widget.encoder_combo.setCurrentText(tiny_denoiser.name)
+    assert widget.axes_edit.text() == "SYX"

@@ -301,6 +301,30 @@ def guess_layer_axes(layer: Image) -> str:
     return guess
 
 
+def axes_for_model(layer, model) -> str:
+    """The axes to run a model (a denoiser, or one as encoder) on a layer with: its axis labels if it has them, else the first of
+    the model's axes, the guess, and the guess with its channels as planes that fits the
+    model. A 2D model goes through a stack slice by slice (Z becomes S)."""
+    known = labelled_axes(layer)
+    guess = known or guess_layer_axes(layer)
+    if model is None:
+        return guess
+    shape = tuple(layer_data(layer).shape)
+    candidates = [guess] if known else [model.config.axes, guess, guess.replace("C", "Z")]
+    fitting = []
+    for axes in candidates:
+        if model.config.spatial_dims == 2 and "Z" in axes:
+            axes = axes.replace("Z", "S")
+        try:
+            model.check_layout(shape, axes)
+        except AesegError:
+            continue
+        fitting.append(axes)
+    if fitting:
+        return fitting[0]
+    return guess.replace("Z", "S") if model.config.spatial_dims == 2 else guess
+
+
 def spatial_metadata(layer: Image) -> dict:
     """What an output layer needs to overlay ``layer`` exactly (and to look alike)."""
     meta = {

@@ -35,8 +35,7 @@ from ._common import (
     StopsWhenUndocked,
     WrappedLabel,
     ask_and_load_denoiser,
-    guess_layer_axes,
-    labelled_axes,
+    axes_for_model,
     layer_data,
     report_failure,
     row_widget,
@@ -87,30 +86,6 @@ def denoiser_names() -> list[str]:
 
 def output_name(layer_name: str, model_name: str) -> str:
     return f"{layer_name} denoised ({model_name})"
-
-
-def axes_for_model(layer, model: DenoiserModel | None) -> str:
-    """The axes to denoise a layer with: its axis labels if it has them, else the first of
-    the model's axes, the guess, and the guess with its channels as planes that fits the
-    model. A 2D model goes through a stack slice by slice (Z becomes S)."""
-    known = labelled_axes(layer)
-    guess = known or guess_layer_axes(layer)
-    if model is None:
-        return guess
-    shape = tuple(layer_data(layer).shape)
-    candidates = [guess] if known else [model.config.axes, guess, guess.replace("C", "Z")]
-    fitting = []
-    for axes in candidates:
-        if model.config.spatial_dims == 2 and "Z" in axes:
-            axes = axes.replace("Z", "S")
-        try:
-            model.check_layout(shape, axes)
-        except AesegError:
-            continue
-        fitting.append(axes)
-    if fitting:
-        return fitting[0]
-    return guess.replace("Z", "S") if model.config.spatial_dims == 2 else guess
 
 
 class DenoiseWidget(StopsWhenUndocked, QWidget):

@@ -74,6 +74,7 @@ from ._common import (
     add_output,
     ask_and_load_denoiser,
     ask_and_save_model,
+    axes_for_model,
     combo_box,
     format_seconds,
     guess_layer_axes,
@@ -826,7 +827,7 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
     def _on_image_changed(self) -> None:
         layer = self.image_combo.layer()
         if layer is not None:
-            self.axes_edit.setText(guess_layer_axes(layer))
+            self.axes_edit.setText(axes_for_model(layer, self.encoder()))
         if self._scale_link.follow(layer):
             self.spacing_edit.clear()  # a size typed for another image
         self._on_axes_changed()
@@ -937,6 +938,9 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         # what to take from a denoiser and how long to freeze it only matter with one; the
         # network's width and depth then come from the denoiser
         pretrained = self.encoder_combo.currentText() != NO_ENCODER
+        layer = self.image_combo.layer()
+        if pretrained and layer is not None:  # e.g. a 2D encoder takes a stack as slices (S)
+            self.axes_edit.setText(axes_for_model(layer, self.encoder()))
         self.decoder_check.setEnabled(pretrained)
         self.step_limit_check.setEnabled(pretrained)
         self.freeze_steps.setEnabled(pretrained)
