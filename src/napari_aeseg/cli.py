@@ -220,7 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--semantic",
         action="store_true",
         help="class maps (values 1..K as in the scribbles; 0 in the truth is not scored): "
-        "IoU per class, mean IoU and accuracy instead of matched objects",
+        "IoU per class, mean IoU and accuracy instead of matched objects (--axes and "
+        "--threshold do not apply)",
     )
     e.add_argument("--json", action="store_true", help="print JSON")
 
@@ -542,7 +543,7 @@ def _train_segmenter(args) -> int:
 def _segment(args) -> int:
     from .core.denoiser import DenoiserModel
     from .core.image_io import ensure_output_dir, read_image, write_tiff
-    from .core.metrics import score_instances, score_semantic
+    from .core.metrics import score_segmentation
     from .core.segmenter import SegmenterModel
 
     model = SegmenterModel.load(args.model)
@@ -611,11 +612,17 @@ def _segment(args) -> int:
         write_tiff(f"{stem}_uncertainty.tif", result.uncertainty, axes=out_axes, spacing=space)
         if truths is not None:
             frames = len(layouts[i].sample_axes)
-            if model.config.target == "semantic":
-                scores = score_semantic(truths[i], result.labels)
-            else:
-                scores = score_instances(truths[i], result.labels, frame_axes=frames)
-            print(f"{f.path.name}: {scores.summary()}")
+            try:
+                scores = score_segmentation(
+                    truths[i],
+                    result.labels,
+                    target=model.config.target,
+                    n_classes=model.config.n_classes,
+                    frame_axes=frames,
+                )
+                print(f"{f.path.name}: {scores.summary()}")
+            except InvalidInputError as exc:  # the results are written: say it, go on
+                print(f"{f.path.name}: ground truth not scored: {exc}", file=sys.stderr)
         if not args.quiet:
             if model.config.target == "instances":
                 n = np.count_nonzero(np.unique(result.labels))

@@ -104,3 +104,23 @@ def test_semantic_scores_per_class():
     assert score_semantic(truth, truth).mean_iou == 1.0
     with pytest.raises(InvalidInputError, match="no class"):
         score_semantic(np.zeros_like(truth), pred)
+
+
+def test_semantic_scores_refuse_instance_maps_and_zero_based_truths():
+    from napari_aeseg.core.metrics import score_semantic
+
+    pred = np.ones((12, 12), np.uint8)
+    pred[2:5, 2:5] = pred[7:10, 7:10] = 2
+    instances = np.zeros((12, 12), np.uint16)
+    instances[2:5, 2:5], instances[7:10, 7:10] = 1, 2
+    with pytest.raises(InvalidInputError, match="instance map"):
+        score_semantic(instances + 1, pred, n_classes=2)
+    # numbered from 0: its background would not be scored, class 1 would meet class 2
+    with pytest.raises(InvalidInputError, match="add 1"):
+        score_semantic((pred - 1).astype(np.uint8), pred, n_classes=2)
+    assert score_semantic(pred, pred, n_classes=2).mean_iou == 1.0
+
+
+def test_no_frames_scores_like_an_empty_image():
+    s = score_instances(np.zeros((0, 8, 8), np.uint8), np.zeros((0, 8, 8), np.uint8), frame_axes=1)
+    assert (s.tp, s.fp, s.fn, s.ap, s.frames) == (0, 0, 0, 1.0, 0)

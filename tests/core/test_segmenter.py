@@ -637,3 +637,15 @@ def test_a_run_that_learnt_nothing_is_flagged(nuclei_2d):
     assert "near the 1.10 of guessing" in undertrained_note(seg)
     seg.history = [(k, 0.2, math.nan) for k in range(1, 30)]
     assert undertrained_note(seg) is None
+
+
+def test_a_single_frame_movie_with_crops_trains():
+    from napari_aeseg.core.segmenter import frame_targets
+
+    lab = np.zeros((1, 32, 32), np.int64)
+    lab[0, 8:14, 8:14], lab[0, 18:24, 18:24] = 1, 2
+    region = np.zeros(lab.shape, bool)
+    region[0, 4:28, 4:28] = True
+    got = frame_targets(lab, "instances", 3, region=region, spatial_dims=2)
+    assert got.shape == (1, 32, 32) and (got[0][~region[0]] == -1).all()
+    assert (got[0][region[0]] >= 0).all()

@@ -755,3 +755,20 @@ def test_a_2d_encoder_takes_a_stack_slice_by_slice(
     empty_session.add_model(tiny_denoiser)
     widget.encoder_combo.setCurrentText(tiny_denoiser.name)
     assert widget.axes_edit.text() == "SYX"
+
+
+def test_guesses_and_scores_of_unusual_layers():
+    from napari_aeseg._widgets._common import guess_layer_axes
+    from napari_aeseg._widgets.segment import _score
+
+    # a few volumes over time, spaced out in time: never "ZZYX"
+    assert guess_layer_axes(Image(np.zeros((3, 10, 32, 32)), scale=(5, 1, 1, 1))) == "CZYX"
+    assert guess_layer_axes(Image(np.zeros((3, 32, 32)), scale=(2, 1, 1))) == "ZYX"
+    assert guess_layer_axes(Image(np.zeros((3, 32, 32)))) == "CYX"
+    # a semantic result against an instance ground truth is scored as objects
+    truth = np.zeros((2, 16, 16), np.uint16)
+    truth[:, 1:4, 1:4], truth[:, 6:9, 6:9], truth[:, 11:14, 11:14] = 1, 2, 3
+    classes = (truth > 0).astype(np.uint8) + 1
+    scores = _score(truth, classes, "semantic", frame_axes=1, n_classes=2)
+    assert (scores.ap, scores.n_true, scores.frames) == (1.0, 6, 2)
+    assert _score(classes, classes, "semantic", n_classes=2).mean_iou == 1.0

@@ -296,7 +296,12 @@ def guess_layer_axes(layer: Image) -> str:
     except AesegError:
         return ""
     # a few leading planes are guessed to be channels, unless the layer spaces them out
-    if guess.startswith("C") and not layer.rgb and abs(float(layer.scale[0])) != 1.0:
+    if (
+        guess.startswith("C")
+        and "Z" not in guess
+        and not layer.rgb
+        and abs(float(layer.scale[0])) != 1.0
+    ):
         guess = "Z" + guess[1:]
     return guess
 

@@ -43,7 +43,7 @@ from ..core.denoiser import DenoiserModel
 from ..core.devices import describe_device, resolve_device
 from ..core.errors import AesegError, InvalidInputError, TrainingCancelled
 from ..core.features import PixelClassifier, classic_features, encoder_features
-from ..core.metrics import SemanticScores, score_instances, score_semantic
+from ..core.metrics import SemanticScores, score_segmentation
 from ..core.postprocess import (
     entropy,
     instances_from_probabilities,
@@ -213,7 +213,13 @@ class SegmentJob(WorkerJob):
                 labels=result.labels,
                 probability=probability,
                 uncertainty=result.uncertainty,
-                scores=_score(truth, result.labels, target, frame_axes=_frame_count(axes)),
+                scores=_score(
+                    truth,
+                    result.labels,
+                    target,
+                    frame_axes=_frame_count(axes),
+                    n_classes=model.config.n_classes,
+                ),
                 model=model,
             )
         except (Cancelled, TrainingCancelled):
@@ -271,7 +277,7 @@ class SegmentJob(WorkerJob):
                 labels=labels,
                 probability=foreground_or_all(probs, target),
                 uncertainty=entropy(probs),
-                scores=_score(truth, labels, target),
+                scores=_score(truth, labels, target, n_classes=probs.shape[0]),
                 features=features,
                 features_key=features_key,
                 frame=frame,
@@ -294,7 +300,7 @@ def _frame_count(axes: str | None) -> int:
     return sum(a in "ST" for a in (axes or "").upper())
 
 
-def _score(truth, labels: np.ndarray, target: str, frame_axes: int = 0):
+def _score(truth, labels: np.ndarray, target: str, frame_axes: int = 0, n_classes: int = 2):
     if truth is None:
         return None
     truth = np.asarray(truth)
@@ -303,9 +309,9 @@ def _score(truth, labels: np.ndarray, target: str, frame_axes: int = 0):
             f"ground truth of shape {truth.shape} does not match the segmentation {labels.shape}"
         )
     try:
-        if target != "instances":
-            return score_semantic(truth, labels)
-        return score_instances(truth, labels, frame_axes=frame_axes)
+        return score_segmentation(
+            truth, labels, target=target, n_classes=n_classes, frame_axes=frame_axes
+        )
     except AesegError as exc:  # shown next to the result, which is kept
         return exc
 

@@ -715,6 +715,11 @@ class TrainDenoiserWidget(StopsWhenUndocked, QWidget):
             self.status.setText("Stopping...")
 
     def _run(self, job: TrainingJob, gen, *, total: int, sync: bool) -> None:
+        region = self._preview_region
+        if region is not None:  # a preview hidden when the last run ended shows again
+            previous = output_layer(self.viewer, f"{region.layer_name} preview")
+            if previous is not None:
+                previous.visible = True
         self._running = True
         job.stop_requested.clear()
         job.idle.clear()
@@ -763,11 +768,9 @@ class TrainDenoiserWidget(StopsWhenUndocked, QWidget):
         region = self._preview_region
         if region is None:
             return
-        layer = show_result_layer(
+        show_result_layer(
             self.viewer, f"{region.layer_name} preview", item.image, region.metadata, region.display
         )
-        if layer is not None:
-            layer.visible = True  # (hidden when the last run ended)
 
     def _hide_preview(self) -> bool:
         """Hide the preview once training ends: it covers the image and every result laid

@@ -116,7 +116,7 @@ def score_instances(
     spatial = true.shape[frame_axes:]
     frames = zip(true.reshape(-1, *spatial), pred.reshape(-1, *spatial), strict=True)
     parts = [_matches(t, p, threshold) for t, p in frames]
-    matched = np.concatenate([m for m, _, _ in parts])
+    matched = np.concatenate([np.zeros(0), *(m for m, _, _ in parts)])
     n_true = sum(n for _, n, _ in parts)
     n_pred = sum(n for _, _, n in parts)
     tp = int(len(matched))
@@ -161,17 +161,32 @@ class SemanticScores:
         return f"mean IoU {self.mean_iou:.3f}  accuracy {self.accuracy:.3f}  class IoU {per}"
 
 
-def score_semantic(true: np.ndarray, pred: np.ndarray) -> SemanticScores:
+def score_semantic(
+    true: np.ndarray, pred: np.ndarray, *, n_classes: int | None = None
+) -> SemanticScores:
     """Compare a class map to the ground truth: IoU per class, their mean, and accuracy.
 
     Both hold class values as scribbles do (1 = the first class, often background; k + 1 =
     class k). Pixels whose ground truth is 0 are not scored, so a partly labeled truth works.
+    With ``n_classes``, a truth holding larger values (an instance map, one id per object)
+    is refused, as is one that holds 0..K-1 (numbered from 0).
     """
     true = _label_image(true, "ground truth")
     pred = _label_image(pred, "prediction")
     if true.shape != pred.shape:
         raise InvalidInputError(
             f"prediction shape {pred.shape} differs from ground-truth shape {true.shape}"
+        )
+    top = int(true.max()) if true.size else 0
+    if n_classes is not None and top > n_classes:
+        raise InvalidInputError(
+            f"the ground truth holds values up to {top} but there are {n_classes} classes: "
+            "is it an instance map (one id per object)? Give a class map (1..K)"
+        )
+    if n_classes is not None and top == n_classes - 1 and (true == 0).any():
+        raise InvalidInputError(
+            f"the ground truth holds 0..{top} for {n_classes} classes: if it is numbered "
+            "from 0, add 1 to it (classes are 1..K as in the scribbles, 0 = not scored)"
         )
     scored = true > 0
     n = int(scored.sum())
@@ -192,3 +207,28 @@ def score_semantic(true: np.ndarray, pred: np.ndarray) -> SemanticScores:
         accuracy=float((t == p).mean()),
         scored_pixels=n,
     )
+
+
+def score_segmentation(
+    true: np.ndarray,
+    labels: np.ndarray,
+    *,
+    target: str,
+    n_classes: int,
+    frame_axes: int = 0,
+) -> SegmentationScores | SemanticScores:
+    """Score a segmenter's labels as they are meant: instances as matched objects (frame by
+    frame), semantic classes per class. A semantic result against an instance map (values
+    above ``n_classes``) is scored as objects: the connected regions of its classes above
+    the first (background), in each frame."""
+    if target == "instances":
+        return score_instances(true, labels, frame_axes=frame_axes)
+    true = np.asarray(true)
+    if true.size and _label_image(true, "ground truth").max() > n_classes:
+        from scipy import ndimage as ndi
+
+        labels = np.asarray(labels)
+        flat = labels.reshape(-1, *labels.shape[frame_axes:])
+        objects = np.stack([ndi.label(f >= 2)[0] for f in flat]).reshape(labels.shape)
+        return score_instances(true, objects, frame_axes=frame_axes)
+    return score_semantic(true, labels, n_classes=n_classes)
