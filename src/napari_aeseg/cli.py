@@ -663,7 +663,9 @@ def _evaluate(args) -> int:
     for p, t in zip(args.pred, args.truth, strict=True):
         truth, pred = read_image(t), read_image(p)
         if args.semantic:
-            scores = score_semantic(truth.data, pred.data)
+            # the classes are those of either map: a truth of 0..K-1 is refused (0-based)
+            top = max(int(np.max(pred.data, initial=0)), int(np.max(truth.data, initial=0)))
+            scores = score_semantic(truth.data, pred.data, n_classes=top)
         else:
             recorded = [a for a in (pred.axes, truth.axes) if a and "C" not in a]
             frames = _frame_axes(args.axes or next(iter(recorded), None), pred.data.shape)

@@ -42,6 +42,7 @@ def test_guess_axes():
     assert guess_axes((64, 64, 3)) == "YXC"
     assert guess_axes((10, 64, 64)) == "ZYX"
     assert guess_axes((2, 64, 64)) == "CYX" and guess_axes((4, 64, 64)) == "CYX"
+    assert guess_axes((64, 64, 2)) == "YXC"  # two channels last, as tifffile writes them
     assert guess_axes((2, 10, 64, 64)) == "CZYX"
 
 

@@ -635,8 +635,11 @@ def test_a_run_that_learnt_nothing_is_flagged(nuclei_2d):
         **{**SEG, "steps": 3, "learning_rate": 1e-6},
     )  # fmt: skip
     assert "near the 1.10 of guessing" in undertrained_note(seg)
+    assert "or start from a denoiser" in undertrained_note(seg)
     seg.history = [(k, 0.2, math.nan) for k in range(1, 30)]
     assert undertrained_note(seg) is None
+    seg.history = [(k, 134.0, math.nan) for k in range(1, 30)]  # diverged: not "near"
+    assert "far above the 1.10 of guessing" in undertrained_note(seg)
 
 
 def test_a_single_frame_movie_with_crops_trains():

@@ -204,3 +204,8 @@ def test_intensities_far_from_the_training_data_are_flagged(nuclei_2d, tiny):
     two = np.stack([noisy, noisy * 500], axis=-1)
     model2 = _train(np.stack([noisy, noisy], axis=-1), tiny, steps=1, axes="YXC")
     assert "channel 1" in model2.intensity_note(two, "YXC")
+
+
+def test_a_channel_axis_taken_for_x_gets_a_hint(tiny):
+    with pytest.raises(InvalidInputError, match=r"holds channels, say so in the axes \(YXC\)"):
+        _train(np.zeros((96, 96, 2), np.float32) + np.arange(2), tiny, steps=1, axes="ZYX")

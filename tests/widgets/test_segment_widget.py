@@ -766,9 +766,14 @@ def test_guesses_and_scores_of_unusual_layers():
     assert guess_layer_axes(Image(np.zeros((3, 32, 32)), scale=(2, 1, 1))) == "ZYX"
     assert guess_layer_axes(Image(np.zeros((3, 32, 32)))) == "CYX"
     # a semantic result against an instance ground truth is scored as objects
-    truth = np.zeros((2, 16, 16), np.uint16)
-    truth[:, 1:4, 1:4], truth[:, 6:9, 6:9], truth[:, 11:14, 11:14] = 1, 2, 3
+    truth = np.zeros((2, 42, 42), np.uint16)  # 36 nuclei a frame: an instance map
+    for k in range(36):
+        y, x = divmod(k, 6)
+        truth[:, 7 * y + 1 : 7 * y + 5, 7 * x + 1 : 7 * x + 5] = k + 1
     classes = (truth > 0).astype(np.uint8) + 1
     scores = _score(truth, classes, "semantic", frame_axes=1, n_classes=2)
-    assert (scores.ap, scores.n_true, scores.frames) == (1.0, 6, 2)
+    assert (scores.ap, scores.n_true, scores.frames) == (1.0, 72, 2)
     assert _score(classes, classes, "semantic", n_classes=2).mean_iou == 1.0
+    # a class map with more classes than the segmenter learnt: said, not scored as objects
+    three = classes + (truth > 18)
+    assert "3 but there are 2 classes" in str(_score(three, classes, "semantic", n_classes=2))

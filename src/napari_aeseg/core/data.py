@@ -19,7 +19,7 @@ from .errors import InvalidInputError
 def guess_axes(shape: tuple[int, ...], *, rgb: bool = False) -> str:
     """A reasonable default axes string for an array shape (users can always override)."""
     nd = len(shape)
-    if rgb or (nd == 3 and shape[-1] in (3, 4) and shape[0] > 4):
+    if rgb or (nd == 3 and shape[-1] in (2, 3, 4) and shape[0] > 4):
         return {3: "YXC", 4: "ZYXC"}.get(nd, "YXC")
     if nd == 2:
         return "YX"

@@ -141,6 +141,11 @@ def score_instances(
     )
 
 
+#: a ground truth with larger values than this is an instance map, not a class map (the
+#: largest number of scribble classes, ``segmenter.MAX_SCRIBBLE_CLASSES``)
+MAX_CLASSES = 32
+
+
 @dataclass(frozen=True)
 class SemanticScores:
     """Class maps compared pixel by pixel (values 1..K as in the scribbles; 0 not scored)."""
@@ -181,7 +186,7 @@ def score_semantic(
     if n_classes is not None and top > n_classes:
         raise InvalidInputError(
             f"the ground truth holds values up to {top} but there are {n_classes} classes: "
-            "is it an instance map (one id per object)? Give a class map (1..K)"
+            "give a class map of the classes the segmenter learnt (1..K), not an instance map"
         )
     if n_classes is not None and top == n_classes - 1 and (true == 0).any():
         raise InvalidInputError(
@@ -224,7 +229,8 @@ def score_segmentation(
     if target == "instances":
         return score_instances(true, labels, frame_axes=frame_axes)
     true = np.asarray(true)
-    if true.size and _label_image(true, "ground truth").max() > n_classes:
+    # more values than there can be classes: one id per object
+    if true.size and _label_image(true, "ground truth").max() > MAX_CLASSES:
         from scipy import ndimage as ndi
 
         labels = np.asarray(labels)

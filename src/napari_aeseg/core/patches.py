@@ -79,6 +79,8 @@ def _check_patch_fits(spatial: tuple[int, ...], patch: tuple[int, ...]) -> None:
                     "; or, if that axis holds time points, samples or channels, say so in "
                     "the axes (TYX, SYX, CYX)"
                     if name == "Z"
+                    else "; or, if that axis holds channels, say so in the axes (YXC)"
+                    if name == "X" and size <= 4
                     else ""
                 )
             )

@@ -45,6 +45,7 @@ from .data import Layout, check_axes_match, check_image, fit_normalization, norm
 from .denoiser import DenoiserModel, TrainedModel
 from .devices import resolve_device
 from .errors import InvalidInputError, TrainingCancelled
+from .metrics import MAX_CLASSES
 from .models import UNet, build_network
 from .noise import apply_blind_spot, blind_spot_coordinates, masked_gather, noise_to_signal
 from .postprocess import (
@@ -171,7 +172,7 @@ class SegmenterConfig(_Strict):
 
 # ------------------------------------------------------------------ labels -> targets
 #: more scribble classes than this are almost surely an instance mask given as scribbles
-MAX_SCRIBBLE_CLASSES = 32
+MAX_SCRIBBLE_CLASSES = MAX_CLASSES
 
 _AS_INSTANCES = "if these are instance masks, give them as such (labels kind 'instances')"
 
@@ -994,10 +995,16 @@ def undertrained_note(model: SegmenterModel) -> str | None:
     mean = float(np.mean(losses))
     if mean <= UNDERTRAINED_LOSS * chance:
         return None
+    if mean > 2 * chance:
+        return (
+            f"the training loss ended at {mean:.3g}, far above the {chance:.2f} of guessing: "
+            "training went wrong; try a lower learning rate, and check that the images are "
+            "like those the encoder was trained on"
+        )
+    start = "" if model.config.encoder is not None else " (or start from a denoiser)"
     return (
         f"the training loss ended at {mean:.2f}, near the {chance:.2f} of guessing: the "
-        "network has probably not learnt the classes yet; train for more steps (or start "
-        "from a denoiser)"
+        f"network has probably not learnt the classes yet; train for more steps{start}"
     )
 
 
