@@ -210,6 +210,20 @@ def check_class_numbering(values: np.ndarray) -> None:
         )
 
 
+def _checked_region(region: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray | None:
+    """A labeled-region mask as booleans, refused if its shape differs or it is empty."""
+    if region is None:
+        return None
+    region = np.asarray(region).astype(bool)
+    if region.shape != shape:
+        raise InvalidInputError(
+            f"the labeled-region mask has shape {region.shape} but the labels have shape {shape}"
+        )
+    if not region.any():
+        raise InvalidInputError("the labeled-region mask is empty: mark the labeled crops")
+    return region
+
+
 def frame_targets(
     labels: np.ndarray,
     kind: LabelsKind,
@@ -227,15 +241,7 @@ def frame_targets(
     ``region``.
     """
     labels = np.asarray(labels)
-    if region is not None:
-        region = np.asarray(region).astype(bool)
-        if region.shape != labels.shape:
-            raise InvalidInputError(
-                f"the labeled-region mask has shape {region.shape} but the labels have shape "
-                f"{labels.shape}"
-            )
-        if not region.any():
-            raise InvalidInputError("the labeled-region mask is empty: mark the labeled crops")
+    region = _checked_region(region, labels.shape)
     spatial = labels.shape[labels.ndim - spatial_dims :]
     flat = labels.reshape(-1, *spatial)
     regions = None if region is None else region.reshape(-1, *spatial)
@@ -276,15 +282,8 @@ def labels_to_target(
     nearest inside pixel), so an object cut by a crop's edge gets no boundary there.
     """
     labels = np.asarray(labels)
+    region = _checked_region(region, labels.shape)
     if region is not None:
-        region = np.asarray(region).astype(bool)
-        if region.shape != labels.shape:
-            raise InvalidInputError(
-                f"the labeled-region mask has shape {region.shape} but the labels have shape "
-                f"{labels.shape}"
-            )
-        if not region.any():
-            raise InvalidInputError("the labeled-region mask is empty: mark the labeled crops")
         target = labels_to_target(_continue_outward(labels, region), kind, n_classes)
         return np.where(region, target, -1)
     if labels.dtype.kind not in "biu":
