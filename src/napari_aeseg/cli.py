@@ -621,6 +621,8 @@ def _segment(args) -> int:
                     frame_axes=frames,
                 )
                 print(f"{f.path.name}: {scores.summary()}")
+                if getattr(scores, "note", None):
+                    print(f"{f.path.name}: note: {scores.note}", file=sys.stderr)
             except InvalidInputError as exc:  # the results are written: say it, go on
                 print(f"{f.path.name}: ground truth not scored: {exc}", file=sys.stderr)
         if not args.quiet:
@@ -653,7 +655,7 @@ def _frame_axes(axes: str | None, shape: tuple[int, ...]) -> int:
 
 def _evaluate(args) -> int:
     from .core.image_io import read_image
-    from .core.metrics import score_instances, score_semantic
+    from .core.metrics import score_instances, score_semantic, zero_based_note
 
     if len(args.pred) != len(args.truth):
         raise InvalidInputError(
@@ -663,9 +665,10 @@ def _evaluate(args) -> int:
     for p, t in zip(args.pred, args.truth, strict=True):
         truth, pred = read_image(t), read_image(p)
         if args.semantic:
-            # the classes are those of either map: a truth of 0..K-1 is refused (0-based)
-            top = max(int(np.max(pred.data, initial=0)), int(np.max(truth.data, initial=0)))
-            scores = score_semantic(truth.data, pred.data, n_classes=top)
+            scores = score_semantic(truth.data, pred.data)
+            note = zero_based_note(truth.data, int(np.max(pred.data, initial=0)))
+            if note:
+                print(f"aeseg evaluate: note: {t}: {note}", file=sys.stderr)
         else:
             recorded = [a for a in (pred.axes, truth.axes) if a and "C" not in a]
             frames = _frame_axes(args.axes or next(iter(recorded), None), pred.data.shape)

@@ -115,10 +115,14 @@ def test_semantic_scores_refuse_instance_maps_and_zero_based_truths():
     instances[2:5, 2:5], instances[7:10, 7:10] = 1, 2
     with pytest.raises(InvalidInputError, match="instance map"):
         score_semantic(instances + 1, pred, n_classes=2)
-    # numbered from 0: its background would not be scored, class 1 would meet class 2
-    with pytest.raises(InvalidInputError, match="add 1"):
-        score_semantic((pred - 1).astype(np.uint8), pred, n_classes=2)
-    assert score_semantic(pred, pred, n_classes=2).mean_iou == 1.0
+    # numbered from 0 (its background not scored, class 1 meeting class 2), or partial:
+    # scored, with a note
+    from napari_aeseg.core.metrics import score_segmentation
+
+    zero = score_segmentation((pred - 1).astype(np.uint8), pred, target="semantic", n_classes=2)
+    assert zero.mean_iou < 0.5 and "add 1" in zero.note
+    full = score_segmentation(pred, pred, target="semantic", n_classes=2)
+    assert full.mean_iou == 1.0 and full.note is None
 
 
 def test_no_frames_scores_like_an_empty_image():

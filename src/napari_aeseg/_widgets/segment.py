@@ -1463,7 +1463,7 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
             per = ", ".join(f"{k}: {v:.2f}" for k, v in scores.class_iou.items())
             self.metrics.setText(
                 f"mean IoU {scores.mean_iou:.3f} · accuracy {scores.accuracy:.3f} · "
-                f"IoU per class {per}"
+                f"IoU per class {per}" + (f" (note: {scores.note})" if scores.note else "")
             )
         elif scores is not None:
             self.metrics.setText(

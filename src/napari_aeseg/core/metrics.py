@@ -7,7 +7,7 @@ definition used by the 2018 Data Science Bowl and StarDist: ``TP / (TP + FP + FN
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -155,6 +155,8 @@ class SemanticScores:
     mean_iou: float
     accuracy: float
     scored_pixels: int
+    #: a doubt about the ground truth (see :func:`zero_based_note`), or None
+    note: str | None = None
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -174,7 +176,8 @@ def score_semantic(
     Both hold class values as scribbles do (1 = the first class, often background; k + 1 =
     class k). Pixels whose ground truth is 0 are not scored, so a partly labeled truth works.
     With ``n_classes``, a truth holding larger values (an instance map, one id per object)
-    is refused, as is one that holds 0..K-1 (numbered from 0).
+    is refused. A truth numbered from 0 cannot be told from a partial one that lacks the
+    last class: :func:`zero_based_note` says when it may be.
     """
     true = _label_image(true, "ground truth")
     pred = _label_image(pred, "prediction")
@@ -187,11 +190,6 @@ def score_semantic(
         raise InvalidInputError(
             f"the ground truth holds values up to {top} but there are {n_classes} classes: "
             "give a class map of the classes the segmenter learnt (1..K), not an instance map"
-        )
-    if n_classes is not None and top == n_classes - 1 and (true == 0).any():
-        raise InvalidInputError(
-            f"the ground truth holds 0..{top} for {n_classes} classes: if it is numbered "
-            "from 0, add 1 to it (classes are 1..K as in the scribbles, 0 = not scored)"
         )
     scored = true > 0
     n = int(scored.sum())
@@ -211,6 +209,18 @@ def score_semantic(
         mean_iou=float(np.mean(list(ious.values()))),
         accuracy=float((t == p).mean()),
         scored_pixels=n,
+    )
+
+
+def zero_based_note(true: np.ndarray, n_classes: int) -> str | None:
+    """A note when a class map holds 0..K-1 for K classes: perhaps numbered from 0 (then its
+    first class is not scored and every other is off by one), perhaps only partial."""
+    true = np.asarray(true)
+    if not true.size or int(true.max()) != n_classes - 1 or not (true == 0).any():
+        return None
+    return (
+        f"the ground truth holds 0..{n_classes - 1} for {n_classes} classes: if it is "
+        "numbered from 0, add 1 to it (classes are 1..K as in the scribbles; 0 is not scored)"
     )
 
 
@@ -237,4 +247,6 @@ def score_segmentation(
         flat = labels.reshape(-1, *labels.shape[frame_axes:])
         objects = np.stack([ndi.label(f >= 2)[0] for f in flat]).reshape(labels.shape)
         return score_instances(true, objects, frame_axes=frame_axes)
-    return score_semantic(true, labels, n_classes=n_classes)
+    scores = score_semantic(true, labels, n_classes=n_classes)
+    note = zero_based_note(true, n_classes)
+    return replace(scores, note=note) if note else scores
