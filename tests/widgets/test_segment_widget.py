@@ -139,7 +139,7 @@ def test_instant_classifier_then_more_scribbles_updates_the_same_layers(
     prob = viewer.layers[PROB_NAME]
     assert prob.data.shape == truth.shape and prob.data.dtype == np.float32
     assert "AP@0.5" in widget.metrics.text() and "pixel IoU" in widget.metrics.text()
-    assert widget._features is not None, "features are cached for the next refit"
+    assert len(widget._features) == 1, "features are cached for the next refit"
     names = [ly.name for ly in viewer.layers]
     assert names[-1] == scribble_layer.name, "the scribbles stay visible above the results"
     assert viewer.layers.selection.active.name == scribble_layer.name
@@ -293,7 +293,7 @@ def test_time_series_classifies_the_frame_shown(qtbot, make_napari_viewer, cells
     assert seg.data[1].any() and not seg.data[0].any() and not seg.data[2].any()
     assert "frame 1" in widget.status.text()
     assert "frame shown" in widget.live_check.text()
-    assert "frame shown" in widget.run_button.toolTip()
+    assert "every frame" in widget.run_button.toolTip()
 
     # the next frame's objects get ids of their own: an id names one object in the series
     first = np.array(seg.data[1])
@@ -305,6 +305,21 @@ def test_time_series_classifies_the_frame_shown(qtbot, make_napari_viewer, cells
     ids1, ids2 = set(np.unique(seg.data[1])) - {0}, set(np.unique(seg.data[2])) - {0}
     assert ids1 and ids2 and not ids1 & ids2
     assert min(ids2) == max(ids1) + 1
+    assert len(widget._features) == 2, "the features of both painted frames are kept"
+
+    # frame 0 has no scribbles: it is segmented from what frames 1 and 2 taught
+    viewer.dims.set_current_step(0, 0)
+    widget.run_button.click()
+    wait_idle(qtbot, widget, timeout=60_000)
+    seg = np.asarray(viewer.layers["movie segmentation"].data)
+    want = truth[:64, :64]
+    assert score_instances(want, seg[0]).pixel_iou > 0.6
+    assert "frame 0" in widget.status.text()
+    # with no scribble anywhere, nothing runs (the message says what to paint)
+    layer.data = np.zeros(movie.shape, np.uint8)
+    widget.run_button.click()
+    wait_idle(qtbot, widget, timeout=60_000)
+    assert widget.status.text().startswith("Not started")
 
 
 def test_semantic_classes_then_instances_reuse_the_output_layers(qtbot, segment_viewer, cells):
@@ -364,7 +379,7 @@ def test_instant_on_encoder_features_of_the_denoised_image(
     iou = score_instances(truth, np.asarray(viewer.layers[SEG_NAME].data)).pixel_iou
     print(f"instant on encoder features: pixel IoU {iou:.3f}")
     assert iou > 0.6
-    key, features = widget._features
+    ((key, features),) = widget._features.items()
     # intensity + the encoder's feature maps at every level, full resolution
     assert features.shape == (1 + sum(tiny_denoiser.network.encoder.channels), *truth.shape)
     assert id(tiny_denoiser) in key

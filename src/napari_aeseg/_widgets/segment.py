@@ -98,6 +98,8 @@ WHOLE_LAYER = "whole layer"
 SCRIBBLES = "scribbles"
 MASKS = "instance masks"
 LIVE_DELAY_MS = 300
+#: the instant classifier keeps the features of the frames it learnt from up to this size
+FEATURE_CACHE_BYTES = 2 * 1024**3
 SCRIBBLE_HINT = "Paint 1 = background, 2 = foreground (3, 4... more classes)."
 SEMANTIC_HINT = "Paint one value per class: 1, 2, 3... (1 is often the background)."
 MASK_HINT = (
@@ -140,6 +142,8 @@ class Segmented:
     features: np.ndarray | None = None
     features_key: tuple | None = None
     frame: int | None = None
+    #: features of the other frames the instant classifier learnt from, by cache key
+    other_features: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -249,21 +253,43 @@ class SegmentJob(WorkerJob):
         truth,
         frame,
         spacing=None,
+        others=(),
     ):
-        """Features (unless cached) -> random forest -> labels; returns Segmented or Failure."""
+        """Features (unless cached) -> random forest -> labels; returns Segmented or Failure.
+
+        ``others``: ``(key, image, scribbles, features or None)`` of the other frames with
+        scribbles; the classifier learns from them too and segments only ``image``.
+        """
         try:
-            if features is None:
-                image = np.asarray(image)
-                image = yield from self._denoised(denoiser, image, axes, device)
-                yield Stage("Computing features (once per image)...")
+
+            def compute(data):
+                data = np.asarray(data)
+                data = yield from self._denoised(denoiser, data, axes, device)
                 if encoder is not None:
-                    features = encoder_features(encoder, image, axes=axes, device=device)
-                else:
-                    features = classic_features(image, axes=axes)
+                    return encoder_features(encoder, data, axes=axes, device=device)
+                return classic_features(data, axes=axes)
+
+            if features is None or any(f is None for *_, f in others):
+                yield Stage("Computing features (once per frame)...")
+            if features is None:
+                features = yield from compute(image)
+            learnt = {}
+            for key, data, _, cached in others:
+                if self.stop_requested.is_set():
+                    return Stopped(None)
+                learnt[key] = cached if cached is not None else (yield from compute(data))
             if self.stop_requested.is_set():
                 return Stopped(None)
             yield Stage("Fitting the classifier...")
-            classifier = PixelClassifier().fit(features, scribbles)
+            pairs = [(features, scribbles)] if np.any(scribbles) else []
+            pairs += [(learnt[key], lab) for key, _, lab, _ in others]
+            if len(pairs) == 1:
+                classifier = PixelClassifier().fit(*pairs[0])
+            else:  # one fit on the scribbled pixels of every frame, (F, N) and (N,)
+                classifier = PixelClassifier().fit(
+                    np.concatenate([f[:, lab > 0] for f, lab in pairs], axis=1),
+                    np.concatenate([lab[lab > 0] for _, lab in pairs]),
+                )
             probs = classifier.predict_proba(features)
             if target == "instances":
                 # background and objects: scribbles 1 and 2 (values above 2 are refused)
@@ -281,6 +307,7 @@ class SegmentJob(WorkerJob):
                 features=features,
                 features_key=features_key,
                 frame=frame,
+                other_features=learnt,
             )
         except Exception as exc:  # noqa: BLE001 - handed to the widget, which reports it
             return Failure(exc)
@@ -452,7 +479,8 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         self._model: SegmenterModel | None = None
         self._registered_name: str | None = None
         self._intensity_warned: set[tuple[int, str]] = set()
-        self._features: tuple[tuple, np.ndarray] | None = None
+        #: the instant classifier's features by frame (key), the most recent last
+        self._features: dict[tuple, np.ndarray] = {}
         self._spacing: tuple[float, ...] | None = None  # the voxel size of the last run
         self._live = _LayerLink(self._schedule_live)
         # the image layer's scale, shown greyed in the empty Voxel size field
@@ -497,8 +525,9 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         form.addRow("Image", self.image_combo)
         self.axes_edit = QLineEdit()
         self.axes_edit.setToolTip(
-            "Axes of the image: YX, ZYX, TYX, YXC... With T, the feature classifier works on "
-            "the frame shown in the viewer; fine-tuning learns from all frames."
+            "Axes of the image: YX, ZYX, TYX, YXC... With T, the feature classifier learns "
+            "from the scribbles of every frame and segments the frame shown in the viewer; "
+            "fine-tuning learns from all frames and segments them all."
         )
         self.axes_edit.textEdited.connect(lambda *_: self._on_axes_changed())
         form.addRow("Axes", self.axes_edit)
@@ -892,8 +921,12 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
     def _run_tip(self, frames: bool) -> str:
         if not self.instant:
             return "Train a segmenter on the labels (all frames), then segment the whole image"
-        where = "the frame shown in the viewer" if frames else "the image"
-        return f"Refit the classifier on the scribbles of {where} and show the result"
+        if frames:
+            return (
+                "Refit the classifier on the scribbles of every frame and segment the frame "
+                "shown in the viewer"
+            )
+        return "Refit the classifier on the scribbles of the image and show the result"
 
     def _on_kind_changed(self) -> None:
         masks = self.kind_combo.currentText() == MASKS
@@ -986,7 +1019,18 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         self.run(quiet=True)
 
     def _forget_features(self) -> None:
-        self._features = None
+        self._features = {}
+
+    def _keep_features(self, found: dict) -> None:
+        """Cache features by frame, dropping the oldest beyond a memory budget."""
+        for key, value in found.items():
+            self._features.pop(key, None)
+            self._features[key] = value
+        while (
+            len(self._features) > 1
+            and sum(f.nbytes for f in self._features.values()) > FEATURE_CACHE_BYTES
+        ):
+            self._features.pop(next(iter(self._features)))
 
     def _update_buttons(self) -> None:
         idle = not self._running
@@ -1233,53 +1277,70 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
                 f"the instant classifier works on one frame at a time, and axes '{axes}' have "
                 "both T and S: fine-tune a network instead, or segment one stack at a time"
             )
-        if step is not None:
-            # one frame (time point or slice of a stack) at a time: the one the viewer shows
-            t_axis = axes.index(step)
-            frame = int(self.viewer.dims.current_step[_world_axis(self.viewer, image, t_axis)])
-            frame = min(max(frame, 0), data.shape[t_axis] - 1)
-            data = np.take(data, frame, axis=t_axis)
-            t_labels = [a for a in axes if a != "C"].index(step)
-            labels = np.take(labels, frame, axis=t_labels)
-            if region is not None:
-                region = np.take(region, frame, axis=t_labels)
-            if truth is not None and truth.ndim == len(self._target[3]):
-                truth = np.take(truth, frame, axis=t_labels)
-            frame_axes = axes.replace(step, "")
-            if not labels.any():
-                raise InvalidInputError(
-                    f"no pixel is annotated in frame {frame}: the classifier learns from the "
-                    "frame shown in the viewer; paint scribbles there"
-                )
         if not masks and target == "instances" and labels.max() > 2:
             raise InvalidInputError(
                 f"the scribbles hold the value {int(labels.max())}: for objects, scribbles are "
                 "1 = background and 2 = objects; if these are instance masks, choose 'Labels "
                 "are: instance masks', or target 'semantic' for more classes"
             )
-        if masks:
-            labels = np.where(labels > 0, 2, 1).astype(np.uint8)
+
+        def as_scribbles(lab, reg, where=""):
+            if not masks:
+                return lab
+            lab = np.where(lab > 0, 2, 1).astype(np.uint8)
+            if reg is not None:
+                lab[~reg] = 0  # outside the labeled crops: not annotated
+                if not (lab == 1).any() or not (lab == 2).any():
+                    raise InvalidInputError(f"the labeled crops need background and objects{where}")
+            return lab
+
+        def key_of(shape, k):
+            return (id(image.data), shape, frame_axes, k, id(encoder), id(denoiser), device.type)
+
+        others = []
+        if step is not None:
+            # one frame (time point or slice of a stack) at a time: the one the viewer shows;
+            # the classifier learns from the scribbles of every frame
+            t_axis = axes.index(step)
+            t_labels = [a for a in axes if a != "C"].index(step)
+            frame = int(self.viewer.dims.current_step[_world_axis(self.viewer, image, t_axis)])
+            frame = min(max(frame, 0), data.shape[t_axis] - 1)
+            frame_axes = axes.replace(step, "")
+            painted = [
+                k
+                for k in range(labels.shape[t_labels])
+                if np.take(labels, k, axis=t_labels).any()
+                and (region is None or np.take(region, k, axis=t_labels).any())
+            ]
+            if not painted:
+                raise InvalidInputError(
+                    "no pixel is annotated in any frame: paint scribbles on a frame or two"
+                )
+            for k in painted:
+                if k == frame:
+                    continue
+                lab = np.take(labels, k, axis=t_labels)
+                reg = None if region is None else np.take(region, k, axis=t_labels)
+                lab = as_scribbles(lab, reg, f" in frame {k}")
+                frame_data = np.take(data, k, axis=t_axis)
+                key = key_of(tuple(np.shape(frame_data)), k)
+                others.append((key, frame_data, lab, self._features.get(key)))
+            data = np.take(data, frame, axis=t_axis)
+            labels = np.take(labels, frame, axis=t_labels)
             if region is not None:
-                labels[~region] = 0  # outside the labeled crops: not annotated
-                if not (labels == 1).any() or not (labels == 2).any():
-                    raise InvalidInputError(
-                        "the labeled crops need background and objects"
-                        + (f" in frame {frame}" if frame is not None else "")
-                    )
-        key = (
-            id(image.data),
-            tuple(np.shape(data)),
-            frame_axes,
-            frame,
-            id(encoder),
-            id(denoiser),
-            device.type,
-        )
-        features = self._features[1] if self._features and self._features[0] == key else None
+                region = np.take(region, frame, axis=t_labels)
+            if truth is not None and truth.ndim == len(self._target[3]):
+                truth = np.take(truth, frame, axis=t_labels)
+            if frame not in painted:
+                labels = np.zeros_like(labels)
+                region = None
+        if np.any(labels):
+            labels = as_scribbles(labels, region, f" in frame {frame}" if frame is not None else "")
+        key = key_of(tuple(np.shape(data)), frame)
+        features = self._features.get(key)
         self._target = (*self._target, frame)
-        self.status.setText(
-            "Fitting..." if features is not None else "Computing features (once per image)..."
-        )
+        missing = features is None or any(f is None for *_, f in others)
+        self.status.setText("Computing features (once per frame)..." if missing else "Fitting...")
         gen = self._job.classify(
             image=data,
             scribbles=labels,
@@ -1295,6 +1356,7 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
             truth=truth,
             frame=frame,
             spacing=self._spacing,
+            others=others,
         )
         return gen, 3
 
@@ -1370,7 +1432,9 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         names, space, target, full_shape, axes, *rest = self._target
         frame = rest[0] if rest else None
         if result.features is not None:
-            self._features = (result.features_key, result.features)
+            self._keep_features(
+                {**(result.other_features or {}), result.features_key: result.features}
+            )
         if result.model is not None:
             self._register(result.model)
         labels, prob, unc = result.labels, result.probability, result.uncertainty
