@@ -305,7 +305,14 @@ def test_time_series_classifies_the_frame_shown(qtbot, make_napari_viewer, cells
     ids1, ids2 = set(np.unique(seg.data[1])) - {0}, set(np.unique(seg.data[2])) - {0}
     assert ids1 and ids2 and not ids1 & ids2
     assert min(ids2) == max(ids1) + 1
-    assert len(widget._features) == 2, "the features of both painted frames are kept"
+    assert len(widget._features) == 2, "the features of both frames shown are kept"
+    # of a frame not shown, only the features at its scribbles are kept
+    (samples, classes), _ = widget._samples.values()
+    assert samples.shape[1] == classes.size == np.count_nonzero(data[2])
+    layer = viewer.layers["movie"]
+    layer.data = layer.data + 0.0  # new data: the features of the old are dropped
+    assert widget._features == {} and widget._samples == {}
+    layer = viewer.layers["movie scribbles"]
 
     # frame 0 has no scribbles: it is segmented from what frames 1 and 2 taught
     viewer.dims.set_current_step(0, 0)

@@ -142,8 +142,9 @@ class Segmented:
     features: np.ndarray | None = None
     features_key: tuple | None = None
     frame: int | None = None
-    #: features of the other frames the instant classifier learnt from, by cache key
-    other_features: dict | None = None
+    #: features at the scribbled pixels of the other frames the instant classifier learnt
+    #: from, ``(F, n)`` and ``(n,)``, by (frame key, hash of its scribbles)
+    other_samples: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -257,8 +258,9 @@ class SegmentJob(WorkerJob):
     ):
         """Features (unless cached) -> random forest -> labels; returns Segmented or Failure.
 
-        ``others``: ``(key, image, scribbles, features or None)`` of the other frames with
-        scribbles; the classifier learns from them too and segments only ``image``.
+        ``others``: ``(key, image, scribbles, samples or None)`` of the other frames with
+        scribbles; the classifier learns from them too and segments only ``image``. Of those
+        frames only the features at their scribbled pixels are kept (``samples``).
         """
         try:
 
@@ -269,26 +271,28 @@ class SegmentJob(WorkerJob):
                     return encoder_features(encoder, data, axes=axes, device=device)
                 return classic_features(data, axes=axes)
 
-            if features is None or any(f is None for *_, f in others):
-                yield Stage("Computing features (once per frame)...")
             if features is None:
+                yield Stage("Computing features (once per frame)...")
                 features = yield from compute(image)
             learnt = {}
-            for key, data, _, cached in others:
+            missing = [o for o in others if o[3] is None]
+            for i, (key, data, lab, _) in enumerate(missing):
                 if self.stop_requested.is_set():
                     return Stopped(None)
-                learnt[key] = cached if cached is not None else (yield from compute(data))
+                yield Stage(f"Features of the other painted frames ({i + 1} of {len(missing)})...")
+                learnt[key] = frame_samples((yield from compute(data)), lab)
             if self.stop_requested.is_set():
                 return Stopped(None)
             yield Stage("Fitting the classifier...")
-            pairs = [(features, scribbles)] if np.any(scribbles) else []
-            pairs += [(learnt[key], lab) for key, _, lab, _ in others]
-            if len(pairs) == 1:
-                classifier = PixelClassifier().fit(*pairs[0])
+            samples = [learnt.get(key, cached) for key, _, _, cached in others]
+            if np.any(scribbles):
+                samples.insert(0, frame_samples(features, scribbles))
+            if not others:
+                classifier = PixelClassifier().fit(features, scribbles)
             else:  # one fit on the scribbled pixels of every frame, (F, N) and (N,)
                 classifier = PixelClassifier().fit(
-                    np.concatenate([f[:, lab > 0] for f, lab in pairs], axis=1),
-                    np.concatenate([lab[lab > 0] for _, lab in pairs]),
+                    np.concatenate([x for x, _ in samples], axis=1),
+                    np.concatenate([y for _, y in samples]),
                 )
             probs = classifier.predict_proba(features)
             if target == "instances":
@@ -307,12 +311,28 @@ class SegmentJob(WorkerJob):
                 features=features,
                 features_key=features_key,
                 frame=frame,
-                other_features=learnt,
+                other_samples=learnt,
             )
+        except Cancelled:  # Stop while denoising first
+            return Stopped(None)
         except Exception as exc:  # noqa: BLE001 - handed to the widget, which reports it
             return Failure(exc)
         finally:
             self.idle.set()
+
+
+#: scribbled pixels kept per frame for the instant classifier (a random subset beyond)
+FRAME_SAMPLES = 20_000
+
+
+def frame_samples(features: np.ndarray, scribbles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The features ``(F, n)`` and classes ``(n,)`` of a frame's scribbled pixels, at most
+    :data:`FRAME_SAMPLES` of them (a fixed random subset: dense masks label every pixel)."""
+    where = np.flatnonzero(np.asarray(scribbles).ravel() > 0)
+    if len(where) > FRAME_SAMPLES:
+        where = np.sort(np.random.default_rng(0).choice(where, FRAME_SAMPLES, replace=False))
+    flat = features.reshape(features.shape[0], -1)
+    return flat[:, where], np.asarray(scribbles).ravel()[where]
 
 
 def foreground_or_all(probabilities: np.ndarray, target: str) -> np.ndarray:
@@ -479,12 +499,20 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         self._model: SegmenterModel | None = None
         self._registered_name: str | None = None
         self._intensity_warned: set[tuple[int, str]] = set()
-        #: the instant classifier's features by frame (key), the most recent last
+        #: the instant classifier's features of the frames shown, by key, the most recent last
         self._features: dict[tuple, np.ndarray] = {}
+        #: the features at the scribbled pixels of other frames, by (key, their scribbles)
+        self._samples: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+        #: bumped when cached features become invalid: a run started before keeps nothing
+        self._feature_generation = 0
+        self._run_generation = 0
         self._spacing: tuple[float, ...] | None = None  # the voxel size of the last run
         self._live = _LayerLink(self._schedule_live)
         # the image layer's scale, shown greyed in the empty Voxel size field
         self._scale_link = _LayerLink(self._show_layer_scale, events=("scale",))
+        # new data in the image layer: features computed from the old data are stale (and a
+        # new array may even get the old one's id)
+        self._data_link = _LayerLink(self._forget_features, events=("data",))
         self._live_pending = False
         self._quiet = False
         self._last_status = 0.0
@@ -498,8 +526,9 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         job_ref = [self._job]
         self.destroyed.connect(lambda *_: SESSION.changed.disconnect(on_change))
         self.destroyed.connect(lambda *_: job_ref[0].shutdown())
-        live, scale_link = self._live, self._scale_link
+        live, scale_link, data_link = self._live, self._scale_link, self._data_link
         self.destroyed.connect(lambda *_: scale_link.unfollow())
+        self.destroyed.connect(lambda *_: data_link.unfollow())
         self.destroyed.connect(lambda *_: live.unfollow())
         self._job_ref = job_ref
         denoisers = self._denoisers()  # the newest denoiser of the session is the encoder
@@ -865,6 +894,7 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
             self.axes_edit.setText(axes_for_model(layer, self.encoder()))
         if self._scale_link.follow(layer):
             self.spacing_edit.clear()  # a size typed for another image
+        self._data_link.follow(layer)
         self._on_axes_changed()
 
     def _on_axes_changed(self) -> None:
@@ -1020,12 +1050,17 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
 
     def _forget_features(self) -> None:
         self._features = {}
+        self._samples = {}
+        self._feature_generation += 1
 
-    def _keep_features(self, found: dict) -> None:
-        """Cache features by frame, dropping the oldest beyond a memory budget."""
-        for key, value in found.items():
-            self._features.pop(key, None)
-            self._features[key] = value
+    def _keep_features(self, result: Segmented) -> None:
+        """Cache the shown frame's features (the least recently shown dropped beyond a memory
+        budget) and the other frames' samples, unless they went stale during the run."""
+        if self._run_generation != self._feature_generation:
+            return
+        self._samples.update(result.other_samples or {})
+        self._features.pop(result.features_key, None)
+        self._features[result.features_key] = result.features
         while (
             len(self._features) > 1
             and sum(f.nbytes for f in self._features.values()) > FEATURE_CACHE_BYTES
@@ -1309,8 +1344,11 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
             painted = [
                 k
                 for k in range(labels.shape[t_labels])
-                if np.take(labels, k, axis=t_labels).any()
-                and (region is None or np.take(region, k, axis=t_labels).any())
+                if (
+                    np.take(labels, k, axis=t_labels)
+                    if region is None
+                    else np.take(labels, k, axis=t_labels) * np.take(region, k, axis=t_labels)
+                ).any()
             ]
             if not painted:
                 raise InvalidInputError(
@@ -1321,10 +1359,13 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
                     continue
                 lab = np.take(labels, k, axis=t_labels)
                 reg = None if region is None else np.take(region, k, axis=t_labels)
-                lab = as_scribbles(lab, reg, f" in frame {k}")
+                try:
+                    lab = as_scribbles(lab, reg, f" in frame {k}")
+                except InvalidInputError:  # crops of only objects or only background there
+                    continue
                 frame_data = np.take(data, k, axis=t_axis)
-                key = key_of(tuple(np.shape(frame_data)), k)
-                others.append((key, frame_data, lab, self._features.get(key)))
+                key = (key_of(tuple(np.shape(frame_data)), k), _digest(lab))
+                others.append((key, frame_data, lab, self._samples.get(key)))
             data = np.take(data, frame, axis=t_axis)
             labels = np.take(labels, frame, axis=t_labels)
             if region is not None:
@@ -1338,6 +1379,9 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
             labels = as_scribbles(labels, region, f" in frame {frame}" if frame is not None else "")
         key = key_of(tuple(np.shape(data)), frame)
         features = self._features.get(key)
+        if features is not None:  # the most recently shown is dropped last
+            self._features[key] = self._features.pop(key)
+        self._run_generation = self._feature_generation
         self._target = (*self._target, frame)
         missing = features is None or any(f is None for *_, f in others)
         self.status.setText("Computing features (once per frame)..." if missing else "Fitting...")
@@ -1432,9 +1476,7 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         names, space, target, full_shape, axes, *rest = self._target
         frame = rest[0] if rest else None
         if result.features is not None:
-            self._keep_features(
-                {**(result.other_features or {}), result.features_key: result.features}
-            )
+            self._keep_features(result)
         if result.model is not None:
             self._register(result.model)
         labels, prob, unc = result.labels, result.probability, result.uncertainty
@@ -1554,6 +1596,7 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         self._live_timer.stop()
         self._live.unfollow()
         self._scale_link.unfollow()
+        self._data_link.unfollow()
         self._job.shutdown()
 
 
@@ -1662,6 +1705,14 @@ def region_mask(shapes: Shapes, shape: tuple[int, ...], space: dict) -> np.ndarr
     if not mask.any():
         raise InvalidInputError(f"the shapes of '{shapes.name}' do not cover the image")
     return mask
+
+
+def _digest(array: np.ndarray) -> str:
+    """A short fingerprint of an array's content (a frame's scribbles)."""
+    import hashlib
+
+    a = np.ascontiguousarray(array)
+    return hashlib.blake2b(a.tobytes(), digest_size=16).hexdigest() + str(a.shape) + a.dtype.str
 
 
 def _frame_axis(axes: str) -> str | None:
