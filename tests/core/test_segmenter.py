@@ -652,3 +652,16 @@ def test_a_single_frame_movie_with_crops_trains():
     got = frame_targets(lab, "instances", 3, region=region, spatial_dims=2)
     assert got.shape == (1, 32, 32) and (got[0][~region[0]] == -1).all()
     assert (got[0][region[0]] >= 0).all()
+
+
+def test_instances_of_a_movie_have_ids_unique_across_frames(nuclei_2d, denoiser, scribbles):
+    _, noisy, _ = nuclei_2d
+    seg = train_segmenter(noisy, scribbles, encoder=denoiser, device="cpu", **{**SEG, "steps": 20})
+    one = seg.segment(noisy, device="cpu").labels
+    movie = seg.segment(np.stack([noisy, noisy]), axes="TYX", device="cpu").labels
+    n = int(one.max())
+    assert n > 5
+    # as small a type as a single image's; the second frame's ids follow the first's
+    assert movie.dtype == one.dtype == np.uint16
+    np.testing.assert_array_equal(movie[0], one)
+    np.testing.assert_array_equal(movie[1], np.where(one > 0, one + n, 0))

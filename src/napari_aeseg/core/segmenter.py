@@ -52,6 +52,7 @@ from .postprocess import (
     entropy,
     instances_from_probabilities,
     instances_to_classes,
+    label_dtype,
     semantic_labels,
     spatial_spacing,
 )
@@ -550,13 +551,14 @@ class SegmenterModel(TrainedModel):
             ]
         )
         if self.config.target == "instances" and n > 1:
-            # unique ids across frames
+            # unique ids across frames, in the smallest type that holds them all
+            tops = [int(frame.max(initial=0)) for frame in labels]
+            labels = labels.astype(label_dtype(sum(tops)))
             offset = 0
-            labels = labels.astype(np.uint32)
             for i in range(n):
                 m = labels[i] > 0
                 labels[i][m] += offset
-                offset = int(labels[i].max()) if m.any() else offset
+                offset += tops[i]
         probs_out = np.moveaxis(probs, 1, 0).reshape(k, *shape)
         denoised = None
         if joint:
