@@ -144,7 +144,8 @@ def test_errors_are_one_line(files, model_file, capsys, tmp_path):
     )
     (tmp_path / "fake.tif").write_text("not a tiff")
     assert "could not be read" in _error(
-        capsys, ["denoise", str(model_file), str(tmp_path / "fake.tif"), "--out", str(tmp_path)]
+        capsys,
+        ["denoise", str(model_file), str(tmp_path / "fake.tif"), "--out", str(tmp_path / "o")],
     )
     (tmp_path / "x.txt").write_text("hello")
     assert "unsupported file type" in _error(
@@ -185,7 +186,8 @@ def test_errors_are_one_line(files, model_file, capsys, tmp_path):
     stack = tmp_path / "stack.tif"
     tifffile.imwrite(stack, np.random.rand(4, 32, 32).astype(np.float32), photometric="minisblack")
     assert "'SYX'" in _error(
-        capsys, ["denoise", str(model_file), str(stack), "--out", str(tmp_path), "--axes", "ZYX"]
+        capsys,
+        ["denoise", str(model_file), str(stack), "--out", str(tmp_path / "o"), "--axes", "ZYX"],
     )
     blocker = tmp_path / "blocker"
     blocker.write_text("a file where a folder should be")
@@ -672,3 +674,45 @@ def test_files_far_from_the_training_intensities_get_a_warning(
         == 0
     )
     assert "warning" not in capsys.readouterr().err
+
+
+def test_batch_outputs_never_overwrite_inputs_and_large_batches_are_read_in_turn(
+    files, model_file, capsys, tmp_path, monkeypatch, nuclei_2d
+):
+    import napari_aeseg.cli as cli
+
+    _, noisy, _ = nuclei_2d
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    tifffile.imwrite(a / "img.tif", noisy)
+    tifffile.imwrite(b / "img.tif", noisy[::-1].copy())
+    tifffile.imwrite(a / "other.tif", noisy[:, ::-1].copy())
+    before = (a / "img.tif").read_bytes()
+    # denoising into the input's own folder would replace the raw image by its result
+    err = _error(capsys, ["denoise", str(model_file), str(a / "img.tif"), "--out", str(a)])
+    assert "would overwrite an input file" in err and (a / "img.tif").read_bytes() == before
+    # two inputs of one name would write one output twice
+    out = tmp_path / "out"
+    err = _error(
+        capsys,
+        ["denoise", str(model_file), str(a / "img.tif"), str(b / "img.tif"), "--out", str(out)],
+    )
+    assert "would both be written to" in err and not out.exists()
+    # a segmentation's outputs must not replace its ground truth either
+    tifffile.imwrite(a / "other_labels.tif", np.zeros(noisy.shape, np.uint16))
+    err = _error(
+        capsys,
+        ["segment", str(model_file), str(a / "other.tif"), "--out", str(a), "--truth",
+         str(a / "other_labels.tif")],
+    )  # fmt: skip
+    assert "would overwrite an input file" in err
+    # beyond the memory kept for a run, inputs are read again in turn: same results
+    kept = tmp_path / "kept"
+    assert main(["denoise", str(model_file), str(a / "img.tif"), str(a / "other.tif"),
+                 "--out", str(kept), "--quiet"]) == 0  # fmt: skip
+    monkeypatch.setattr(cli, "KEEP_INPUT_BYTES", noisy.nbytes)  # keeps the first file only
+    reread = tmp_path / "reread"
+    assert main(["denoise", str(model_file), str(a / "img.tif"), str(a / "other.tif"),
+                 "--out", str(reread), "--quiet"]) == 0  # fmt: skip
+    for name in ("img.tif", "other.tif"):
+        np.testing.assert_array_equal(tifffile.imread(kept / name), tifffile.imread(reread / name))

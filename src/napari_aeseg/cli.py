@@ -407,20 +407,77 @@ def _voxel_size(args, f, layout) -> tuple[tuple[str, float], ...] | None:
     return tuple(zip(axes, values, strict=True))
 
 
+#: pixels of checked inputs kept in memory for the run; the rest are read again in turn
+KEEP_INPUT_BYTES = 1 << 30
+
+
+def _read_checked(paths, check) -> list:
+    """Read and ``check`` every input before anything is written; return ``(file, check's
+    result)`` pairs. The pixels of the first files (up to :data:`KEEP_INPUT_BYTES`) are kept;
+    the others are read again by :func:`_pixels` when their turn comes, so a batch of large
+    files never sits in memory all at once."""
+    from .core.image_io import read_image
+
+    kept, out = 0, []
+    for p in paths:
+        f = read_image(p)
+        extra = check(f)
+        if kept + f.data.nbytes <= KEEP_INPUT_BYTES:
+            kept += f.data.nbytes
+            out.append((f, extra))
+        else:
+            out.append((Path(p), extra))
+    return out
+
+
+def _pixels(entry):
+    from .core.image_io import read_image
+
+    return read_image(entry) if isinstance(entry, Path) else entry
+
+
+def _output_stems(paths, out_dir: Path, suffixes: tuple[str, ...], also=()) -> list[Path]:
+    """``out_dir / <stem>`` for each input, refused before any work when two inputs share a
+    stem or an output would overwrite an input (or one of the files ``also`` reads)."""
+    stems = [out_dir / Path(p).stem for p in paths]
+    seen: dict[Path, str] = {}
+    for p, stem in zip(paths, stems, strict=True):
+        if stem in seen:
+            raise InvalidInputError(
+                f"'{seen[stem]}' and '{p}' would both be written to {stem}{suffixes[0]}; "
+                "give inputs with different names or run them one at a time"
+            )
+        seen[stem] = str(p)
+    inputs = {Path(p).resolve() for p in (*paths, *also)}
+    for stem in stems:
+        for suffix in suffixes:
+            target = Path(f"{stem}{suffix}")
+            if target.resolve() in inputs:
+                raise InvalidInputError(
+                    f"the output {target} would overwrite an input file; choose another "
+                    "--out folder"
+                )
+    return stems
+
+
 def _denoise(args) -> int:
     from .core.denoiser import DenoiserModel
-    from .core.image_io import ensure_output_dir, read_image, write_tiff
+    from .core.image_io import ensure_output_dir, write_tiff
 
+    stems = _output_stems(args.images, Path(args.out), (".tif",))
     model = DenoiserModel.load(args.model)
-    files = [read_image(p) for p in args.images]  # fail before any work if one is unreadable
-    layouts = []
-    for f in files:
+
+    def check(f):  # fail before any work if one input is unreadable or does not fit
         axes = args.axes or (f.axes if f.axes and len(f.axes) == f.data.ndim else None)
-        layouts.append(model.check_layout(f.data.shape, axes))
-        _check_tiling(model, layouts[-1], args)
-        _warn_intensities(args, model, f, layouts[-1].axes)
-    out_dir = ensure_output_dir(args.out)
-    for f, layout in zip(files, layouts, strict=True):
+        layout = model.check_layout(f.data.shape, axes)
+        _check_tiling(model, layout, args)
+        _warn_intensities(args, model, f, layout.axes)
+        return layout
+
+    inputs = _read_checked(args.images, check)
+    ensure_output_dir(args.out)
+    for (entry, layout), stem in zip(inputs, stems, strict=True):
+        f = _pixels(entry)
         result = _run_with_bar(
             model.iter_denoise(
                 f.data,
@@ -433,8 +490,7 @@ def _denoise(args) -> int:
             f.path.name,
             args.quiet,
         )
-        target = out_dir / f"{f.path.stem}.tif"
-        write_tiff(target, result, axes=layout.axes)
+        target = write_tiff(f"{stem}.tif", result, axes=layout.axes)
         if not args.quiet:
             print(f"wrote {target}", file=sys.stderr)
     return 0
@@ -546,17 +602,20 @@ def _segment(args) -> int:
     from .core.metrics import score_segmentation
     from .core.segmenter import SegmenterModel
 
+    if args.truth and len(args.truth) != len(args.images):
+        raise InvalidInputError("give one --truth file per image")
+    stems = _output_stems(
+        args.images,
+        Path(args.out),
+        ("_labels.tif", "_prob.tif", "_uncertainty.tif"),
+        also=args.truth or (),
+    )
     model = SegmenterModel.load(args.model)
     denoiser = DenoiserModel.load(args.denoise_with) if args.denoise_with else None
-    # every input is read and checked before anything is written
-    files = [read_image(p) for p in args.images]
-    truths = [read_image(p).data for p in args.truth] if args.truth else None
-    if truths is not None and len(truths) != len(files):
-        raise InvalidInputError("give one --truth file per image")
-    all_axes, spacings, layouts = [], [], []
-    for i, f in enumerate(files):
+    truth_files = iter(args.truth or [])
+
+    def check(f):  # every input is read and checked before anything is written
         axes = args.axes or (f.axes if f.axes and len(f.axes) == f.data.ndim else None)
-        all_axes.append(axes)
         if denoiser is not None:
             try:
                 _check_tiling(denoiser, denoiser.check_layout(f.data.shape, axes), args)
@@ -566,19 +625,25 @@ def _segment(args) -> int:
         _check_tiling(model, layout, args)
         # (after a denoiser, its output is in the image's range: the segmenter sees that)
         _warn_intensities(args, denoiser or model, f, layout.axes)
-        spacings.append(_voxel_size(args, f, layout))
-        layouts.append(layout)
+        spacing = _voxel_size(args, f, layout)
         want = (
             *[layout.shape[layout.axes.index(a)] for a in layout.sample_axes],
             *layout.spatial_shape,
         )
-        if truths is not None and tuple(truths[i].shape) != want:
-            raise InvalidInputError(
-                f"--truth {args.truth[i]} has shape {tuple(truths[i].shape)} but the labels of "
-                f"{f.path.name} have shape {want}"
-            )
-    out_dir = ensure_output_dir(args.out)
-    for i, (f, axes) in enumerate(zip(files, all_axes, strict=True)):
+        truth = next(truth_files, None)
+        if truth is not None:
+            shape = tuple(read_image(truth).data.shape)
+            if shape != want:
+                raise InvalidInputError(
+                    f"--truth {truth} has shape {shape} but the labels of {f.path.name} have "
+                    f"shape {want}"
+                )
+        return axes, layout, spacing, truth
+
+    inputs = _read_checked(args.images, check)
+    ensure_output_dir(args.out)
+    for (entry, (axes, layout, spacing, truth)), stem in zip(inputs, stems, strict=True):
+        f = _pixels(entry)
         data = f.data
         if denoiser is not None:
             data = _run_with_bar(
@@ -588,7 +653,7 @@ def _segment(args) -> int:
                 f"denoise {f.path.name}",
                 args.quiet,
             )
-        space = None if spacings[i] is None else dict(spacings[i])
+        space = None if spacing is None else dict(spacing)
         result = _run_with_bar(
             model.iter_segment(
                 data,
@@ -603,18 +668,17 @@ def _segment(args) -> int:
             args.quiet,
         )
         # axes of the outputs (a stack of 2D slices, S, has no TIFF axis letter)
-        out_axes = layouts[i].sample_axes + layouts[i].spatial_axes
+        out_axes = layout.sample_axes + layout.spatial_axes
         out_axes = None if "S" in out_axes else out_axes
         prob_axes = None if out_axes is None else "C" + out_axes
-        stem = out_dir / f.path.stem
         write_tiff(f"{stem}_labels.tif", result.labels, axes=out_axes, spacing=space)
         write_tiff(f"{stem}_prob.tif", result.probabilities, axes=prob_axes, spacing=space)
         write_tiff(f"{stem}_uncertainty.tif", result.uncertainty, axes=out_axes, spacing=space)
-        if truths is not None:
-            frames = len(layouts[i].sample_axes)
+        if truth is not None:
+            frames = len(layout.sample_axes)
             try:
                 scores = score_segmentation(
-                    truths[i],
+                    read_image(truth).data,
                     result.labels,
                     target=model.config.target,
                     n_classes=model.config.n_classes,
