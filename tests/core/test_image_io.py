@@ -298,7 +298,10 @@ def test_real_3d_sample_still_reads():
     image = read_image(SAMPLE_3D)
     assert image.data.shape == (60, 256, 256)
     assert image.axes == "ZYX"
-    assert image.spacing is None
+    # the voxel size of the napari sample, from the file itself (ImageJ metadata)
+    from napari_aeseg._sample_data import NUCLEI_3D_VOXEL_UM
+
+    assert image.spacing == pytest.approx(dict(zip("ZYX", NUCLEI_3D_VOXEL_UM, strict=True)))
 
 
 def test_ome_zarr_0_5_under_ome_with_its_own_dataset_path(tmp_path, stack):
