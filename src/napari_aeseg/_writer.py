@@ -20,20 +20,41 @@ def _level0(data: Any, meta: dict) -> Any:
     return data[0] if meta.get("multiscale") else data
 
 
+def _layer_spacing(meta: dict, axes: str | None) -> dict[str, float] | None:
+    """The layer's scale along its Z, Y, X axes as a voxel size, when it is not 1 everywhere
+    (a plain layer's file stays without one, as before)."""
+    scale = meta.get("scale")
+    if axes is None or scale is None or len(scale) != len(axes):
+        return None
+    spacing = {a: abs(float(v)) for a, v in zip(axes, scale, strict=True) if a in "ZYX"}
+    if not spacing or all(v == 1.0 for v in spacing.values()):
+        return None
+    if not all(np.isfinite(v) and v > 0 for v in spacing.values()):
+        return None
+    return spacing
+
+
 def write_labels_tiff(path: str, data: Any, meta: dict) -> list[str]:
-    """Write a labels layer to a zlib-compressed TIFF (lossless, same dtype)."""
+    """Write a labels layer to a zlib-compressed TIFF (lossless, same dtype), with the
+    layer's scale as the voxel size the readers of this plugin and the CLI pick up."""
     labels = np.asarray(_level0(data, meta))
     axes = _AXES.get(labels.ndim)
-    out = write_tiff(path, labels, axes=axes if axes and labels.ndim <= 4 else None)
+    axes = axes if axes and labels.ndim <= 4 else None
+    out = write_tiff(path, labels, axes=axes, spacing=_layer_spacing(meta, axes))
     return [str(out)]
 
 
-def _axes_metadata(ndim: int) -> list[dict]:
+def _axes_metadata(ndim: int, units=None) -> list[dict]:
     names = _AXES.get(ndim, "".join("?" * (ndim - 2)) + "YX")
+    units = list(units) if units is not None and len(units) == ndim else [None] * ndim
     axes = []
     for i, name in enumerate(names):
         if name in "ZYX":
-            axes.append({"name": name.lower(), "type": "space"})
+            axis = {"name": name.lower(), "type": "space"}
+            unit = str(units[i]) if units[i] is not None else ""
+            if unit and unit not in ("pixel", "pixels", "dimensionless"):
+                axis["unit"] = unit  # napari's length units are UDUNITS names (micrometer)
+            axes.append(axis)
         elif name == "T":
             axes.append({"name": "t", "type": "time"})
         elif name == "C":
@@ -88,7 +109,7 @@ def write_labels_zarr(path: str, data: Any, meta: dict) -> list[str]:
             {
                 "version": "0.4",
                 "name": str(meta.get("name", "labels")),
-                "axes": _axes_metadata(ndim),
+                "axes": _axes_metadata(ndim, meta.get("units")),
                 "datasets": datasets,
             }
         ]

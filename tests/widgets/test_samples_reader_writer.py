@@ -9,6 +9,7 @@ import tifffile
 from napari_aeseg._reader import get_reader
 from napari_aeseg._widgets.denoise import DenoiseWidget
 from napari_aeseg._widgets.train import TrainDenoiserWidget
+from napari_aeseg.core.image_io import read_image
 from napari_aeseg.core.training import train_denoiser
 
 from .conftest import layer_state
@@ -118,7 +119,10 @@ def test_labels_writers_round_trip(make_napari_viewer, tmp_path, dtype, suffix):
     labels = rng.integers(0, np.iinfo(dtype).max, (3, 40, 50), dtype=dtype, endpoint=True)
     labels[0, 0, 0] = np.iinfo(dtype).max
     viewer = make_napari_viewer()
-    viewer.add_labels(labels, name="cells", scale=(2.0, 0.5, 0.5), translate=(1.0, 0.0, 3.0))
+    layer = viewer.add_labels(
+        labels, name="cells", scale=(2.0, 0.5, 0.5), translate=(1.0, 0.0, 3.0)
+    )
+    layer.units = ("micrometer",) * 3
     path = tmp_path / f"cells{suffix}"
     written = viewer.layers.save(str(path), selected=False, plugin="napari-aeseg")
     assert written == [str(path)]
@@ -134,6 +138,9 @@ def test_labels_writers_round_trip(make_napari_viewer, tmp_path, dtype, suffix):
         transforms = ms["datasets"][0]["coordinateTransformations"]
         assert transforms[0]["scale"] == [2.0, 0.5, 0.5]
         assert transforms[1]["translation"] == [1.0, 0.0, 3.0]
+        assert [a.get("unit") for a in ms["axes"]] == ["micrometer"] * 3
+    # the scale comes back as the voxel size (the CLI and the widgets use it)
+    assert read_image(path).spacing == pytest.approx({"Z": 2.0, "Y": 0.5, "X": 0.5})
     assert back.dtype == labels.dtype
     np.testing.assert_array_equal(back, labels)
 
