@@ -680,11 +680,13 @@ def test_batch_outputs_never_overwrite_inputs_and_large_batches_are_read_in_turn
     files, model_file, capsys, tmp_path, monkeypatch, nuclei_2d
 ):
     import napari_aeseg.cli as cli
+    from napari_aeseg.core.image_io import read_image
 
     _, noisy, _ = nuclei_2d
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir(), b.mkdir()
-    tifffile.imwrite(a / "img.tif", noisy)
+    calibrated = dict(imagej=True, resolution=(1 / 0.3, 1 / 0.3), metadata={"unit": "um"})
+    tifffile.imwrite(a / "img.tif", noisy, **calibrated)
     tifffile.imwrite(b / "img.tif", noisy[::-1].copy())
     tifffile.imwrite(a / "other.tif", noisy[:, ::-1].copy())
     before = (a / "img.tif").read_bytes()
@@ -716,3 +718,6 @@ def test_batch_outputs_never_overwrite_inputs_and_large_batches_are_read_in_turn
                  "--out", str(reread), "--quiet"]) == 0  # fmt: skip
     for name in ("img.tif", "other.tif"):
         np.testing.assert_array_equal(tifffile.imread(kept / name), tifffile.imread(reread / name))
+    # the pixel size the input records goes with the result
+    assert read_image(kept / "img.tif").spacing == pytest.approx({"Y": 0.3, "X": 0.3})
+    assert read_image(kept / "other.tif").spacing is None

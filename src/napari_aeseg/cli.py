@@ -490,7 +490,9 @@ def _denoise(args) -> int:
             f.path.name,
             args.quiet,
         )
-        target = write_tiff(f"{stem}.tif", result, axes=layout.axes)
+        # the voxel size the file records goes with the result (segment reads it from there)
+        spacing = {a: v for a, v in (f.spacing or {}).items() if a in layout.axes} or None
+        target = write_tiff(f"{stem}.tif", result, axes=layout.axes, spacing=spacing)
         if not args.quiet:
             print(f"wrote {target}", file=sys.stderr)
     return 0
