@@ -599,6 +599,43 @@ def test_region_mask_of_planes_and_2d_shapes_over_a_stack():
         region_mask(flat, (4, 8, 8), space)
 
 
+def test_a_sheared_stack_keeps_its_placement_in_scribbles_crops_and_results(
+    qtbot, make_napari_viewer
+):
+    """A deskewed light-sheet stack is sheared: the scribble layer, the marked crops and
+    every result sit where the image is shown, not where an unsheared grid would be."""
+    from napari_aeseg._widgets.segment import label_space, region_mask
+
+    s = synthetic_nuclei((8, 48, 48), n_nuclei=6, radius=(5.0, 7.0), seed=3)
+    labels = s.labels
+    noisy = add_noise(s.clean, gaussian=0.05, seed=0, value_range=(0.0, 1.0))
+    viewer = make_napari_viewer()
+    place = dict(scale=(3.0, 1.0, 1.0), shear=(0.5, 0.0, 0.0), translate=(0.0, 5.0, 0.0))
+    image = viewer.add_image(noisy, name="stack", **place)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-aeseg", "Segment")
+    widget.set_options(image="stack", device="cpu", mode=INSTANT)
+    scribbles = widget.new_scribble_layer()
+    scribbles.data = simulated_scribbles(labels, fraction=0.05, seed=0)
+    for layer in (scribbles, widget.mark_crops()):
+        np.testing.assert_allclose(layer.shear, image.shear)
+        np.testing.assert_allclose(layer.scale, image.scale)
+        np.testing.assert_allclose(layer.translate, image.translate)
+    # a rectangle drawn in plane 4 of the sheared crops layer marks plane 4's pixels
+    crops = viewer.layers["stack labeled crops"]
+    crops.add_rectangles(np.array([[4, 10, 10], [4, 10, 30], [4, 30, 30], [4, 30, 10]]))
+    mask = region_mask(crops, labels.shape, label_space(image, "ZYX"))
+    want = np.zeros(labels.shape, bool)
+    want[4, 10:31, 10:31] = True
+    np.testing.assert_array_equal(mask, want)
+    viewer.layers.remove(crops)
+    widget.run_button.click()
+    wait_idle(qtbot, widget, timeout=120_000)
+    for name in output_names("stack"):
+        layer = viewer.layers[name]
+        np.testing.assert_allclose(layer.shear, image.shear)
+        np.testing.assert_allclose(layer.data_to_world((2, 7, 9)), image.data_to_world((2, 7, 9)))
+
+
 def test_a_short_dock_scrolls_and_keeps_whole_lines(qtbot, segment_viewer):
     """Squeezed below its contents, the widget scrolls; the wrapped hint keeps both lines."""
     from qtpy.QtWidgets import QScrollArea

@@ -84,6 +84,7 @@ from ._common import (
     report_failure,
     row_widget,
     scrolling_layout,
+    spatial_metadata,
     spin_box,
     start_job,
 )
@@ -380,33 +381,86 @@ def labels_shape(layer: Image, axes: str) -> tuple[int, ...]:
     return shape[:-1] if layer.rgb else shape
 
 
+#: the parts of a layer's placement in the world that are matrices, not one value per axis
+_MATRICES = ("rotate", "shear", "affine")
+
+
+def _shear_matrix(shear, n: int) -> np.ndarray:
+    """napari's shear (upper-triangle values, or the matrix itself) as an n x n matrix."""
+    shear = np.asarray(shear, float)
+    if shear.ndim == 2:
+        return shear
+    full = np.eye(n)
+    full[np.triu_indices(n, 1)] = shear
+    return full
+
+
+def _sub_space(space: dict, keep: list[int]) -> dict:
+    """``space`` for the axes ``keep`` of the layer only."""
+    n = len(space["scale"])
+    out = {}
+    for key, values in space.items():
+        if key == "rotate":
+            out[key] = np.asarray(values)[np.ix_(keep, keep)]
+        elif key == "shear":
+            out[key] = _shear_matrix(values, n)[np.ix_(keep, keep)]
+        elif key == "affine":
+            rows = [*keep, n]
+            out[key] = np.asarray(values)[np.ix_(rows, rows)]
+        else:
+            out[key] = tuple(values[i] for i in keep)
+    return out
+
+
 def label_space(layer: Image, axes: str) -> dict:
-    """Scale, translation, units and axis labels of ``layer`` without a (non-RGB) channel
-    axis (layers with other units than the image's make napari warn and drop units)."""
-    space = {"scale": tuple(layer.scale), "translate": tuple(layer.translate)}
-    for key in ("units", "axis_labels"):
-        if hasattr(layer, key):
-            space[key] = tuple(str(v) for v in getattr(layer, key))
+    """Where ``layer`` sits in the world (scale, translation, rotation, shear, affine), its
+    units and axis labels, without a (non-RGB) channel axis: labels, probabilities and
+    scribbles placed with it overlay the image exactly (layers with other units than the
+    image's make napari warn and drop units)."""
+    space = spatial_metadata(layer)
     if not layer.rgb and "C" in axes and len(axes) == len(space["scale"]):
-        keep = [i for i, a in enumerate(axes) if a != "C"]
-        space = {key: tuple(values[i] for i in keep) for key, values in space.items()}
+        space = _sub_space(space, [i for i, a in enumerate(axes) if a != "C"])
     return space
 
 
 def with_leading_axis(space: dict, label: str) -> dict:
     """``space`` for data with one more axis in front (unit scale, no shift)."""
     first = {"scale": 1.0, "translate": 0.0, "units": "pixel", "axis_labels": label}
-    return {key: (first[key], *values) for key, values in space.items()}
+    n = len(space["scale"])
+    out = {}
+    for key, values in space.items():
+        if key in _MATRICES:
+            matrix = _shear_matrix(values, n) if key == "shear" else np.asarray(values, float)
+            grown = np.eye(matrix.shape[0] + 1)
+            grown[1:, 1:] = matrix
+            out[key] = grown
+        else:
+            out[key] = (first[key], *values)
+    return out
+
+
+def _placement_differs(layer, space: dict) -> bool:
+    current = spatial_metadata(layer)
+    n = len(space["scale"])
+    for key in ("scale", "translate", *_MATRICES):
+        if key not in space:
+            continue
+        a, b = current[key], space[key]
+        if key == "shear":
+            a, b = _shear_matrix(a, n), _shear_matrix(b, n)
+        if np.shape(a) != np.shape(b) or not np.allclose(a, b):
+            return True
+    return False
 
 
 def _put(viewer, kind, name: str, data: np.ndarray, space: dict, **display):
     """Update the output layer ``name`` of type ``kind`` in place, or add it (once)."""
     existing = output_layer(viewer, name)
     if isinstance(existing, kind) and existing.data.shape == data.shape:
-        if not np.allclose(existing.scale, space["scale"]):
-            existing.scale = space["scale"]
-        if not np.allclose(existing.translate, space["translate"]):
-            existing.translate = space["translate"]
+        if _placement_differs(existing, space):  # each property set re-slices the layer
+            for key in ("scale", "translate", *_MATRICES):
+                if key in space:
+                    setattr(existing, key, space[key])
         for key in ("units", "axis_labels"):
             if key in space and tuple(map(str, getattr(existing, key))) != space[key]:
                 setattr(existing, key, space[key])
@@ -1668,7 +1722,6 @@ def region_mask(shapes: Shapes, shape: tuple[int, ...], space: dict) -> np.ndarr
             f"'{shapes.name}' has no shape: draw rectangles around the labeled crops, or choose "
             f"'{WHOLE_LAYER}'"
         )
-    scale, translate = np.asarray(space["scale"]), np.asarray(space["translate"])
     nd = len(shape)
     mask = np.zeros(shape, bool)
     for verts, kind in zip(shapes.data, shapes.shape_type, strict=True):
@@ -1679,7 +1732,13 @@ def region_mask(shapes: Shapes, shape: tuple[int, ...], space: dict) -> np.ndarr
             )
         world = np.array([shapes.data_to_world(v) for v in verts], float)
         k = min(nd, world.shape[1])
-        pix = (world[:, -k:] - translate[-k:]) / scale[-k:]  # the labels' pixel coordinates
+        # the labels' pixel coordinates: through the grid's own placement (scale, shear...)
+        grid = space if k == nd else _sub_space(space, list(range(nd - k, nd)))
+        probe = Labels(
+            np.zeros((1,) * k, np.uint8),
+            **{key: grid[key] for key in ("scale", "translate", *_MATRICES) if key in grid},
+        )
+        pix = np.array([probe.world_to_data(w[-k:]) for w in world], float)
         if kind == "ellipse":  # napari stores the four corners of its bounding box
             c = pix.mean(axis=0)
             a, b = (pix[1] - pix[0]) / 2, (pix[3] - pix[0]) / 2
