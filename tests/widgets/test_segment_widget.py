@@ -599,6 +599,36 @@ def test_region_mask_of_planes_and_2d_shapes_over_a_stack():
         region_mask(flat, (4, 8, 8), space)
 
 
+def test_one_rectangle_marks_a_sub_volume_labeled_plane_by_plane():
+    """Masks painted in planes 3-6 inside a box, one rectangle drawn in plane 4: the crop
+    spans planes 3-6 (not 2, where the labels lie elsewhere, nor 8 past the gap); labels
+    left outside are reported."""
+    from napari.layers import Shapes
+
+    from napari_aeseg._widgets.segment import crops_note, region_mask
+
+    space = dict(scale=(1.0, 1.0, 1.0), translate=(0.0, 0.0, 0.0))
+    labels = np.zeros((10, 16, 16), np.uint16)
+    labels[3:7, 4:8, 4:8] = 1
+    labels[2, 12:14, 12:14] = 2  # outside the rectangle's footprint
+    labels[8, 5:7, 5:7] = 3  # inside it, but after an unlabeled plane
+    shapes = Shapes(ndim=3)
+    shapes.add_rectangles([[[4, 2, 2], [4, 2, 10], [4, 10, 10], [4, 10, 2]]])
+    mask = region_mask(shapes, labels.shape, space, labels)
+    assert np.flatnonzero(mask.any(axis=(1, 2))).tolist() == [3, 4, 5, 6]
+    assert mask[3:7, 2:11, 2:11].all() and mask.sum() == 4 * 81
+    # without the labels, the plane drawn in only
+    assert np.flatnonzero(region_mask(shapes, labels.shape, space).any(axis=(1, 2))).tolist() == [4]
+    note = crops_note(labels, mask, "ZYX")
+    assert note == (
+        "the crops span planes 3-6; labels in planes 2, 8 lie outside them and are not used "
+        "(mark those crops too)"
+    )
+    assert crops_note(np.where(mask, labels, 0), mask, "ZYX") is None
+    movie = crops_note(labels, mask, "TYX")
+    assert movie.startswith("the crops span frames 3-6")
+
+
 def test_a_sheared_stack_keeps_its_placement_in_scribbles_crops_and_results(
     qtbot, make_napari_viewer
 ):

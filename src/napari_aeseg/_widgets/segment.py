@@ -1269,12 +1269,15 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         region = None
         regions_layer = self.regions_combo.layer() if masks else None
         if regions_layer is not None:
-            region = region_mask(regions_layer, want, label_space(image, axes))
+            region = region_mask(regions_layer, want, label_space(image, axes), labels)
             if not (labels[region] > 0).any():
                 raise InvalidInputError(
                     f"no object of '{labels_layer.name}' lies in the crops of "
                     f"'{regions_layer.name}': draw the rectangles around labeled objects"
                 )
+            left_out = crops_note(labels, region, axes)
+            if left_out:
+                show_warning(f"Segment: {left_out}")
         target = "instances" if masks else self.target_combo.currentText()
         # only instances are split by distances
         spacing = self._voxel_size(image, axes) if target == "instances" else None
@@ -1708,12 +1711,17 @@ def _class_or_object_colors(layer: Labels, *, semantic: bool) -> None:
         layer.colormap = label_colormap()
 
 
-def region_mask(shapes: Shapes, shape: tuple[int, ...], space: dict) -> np.ndarray:
+def region_mask(
+    shapes: Shapes, shape: tuple[int, ...], space: dict, labels: np.ndarray | None = None
+) -> np.ndarray:
     """The pixels of a labels grid of ``shape`` (placed in the world by ``space``) that the
     rectangles, polygons and ellipses of ``shapes`` cover.
 
-    Shapes drawn in a plane of a 3D (or time) layer mark that plane only; shapes of a 2D
-    layer over a 3D image mark every plane. Errors are :class:`InvalidInputError`.
+    Shapes drawn in a plane of a 3D (or time) layer mark that plane, and with ``labels``
+    also the neighbouring planes (or frames) that hold labels inside the shape, as far as
+    they run on without a gap: a sub-volume labeled plane by plane is marked with one
+    rectangle. Shapes of a 2D layer over a 3D image mark every plane. Errors are
+    :class:`InvalidInputError`.
     """
     from skimage.draw import polygon2mask
 
@@ -1758,12 +1766,66 @@ def region_mask(shapes: Shapes, shape: tuple[int, ...], space: dict) -> np.ndarr
         else:
             plane_axes = [lead + i for i in varying]
             plane = polygon2mask(tuple(shape[a] for a in plane_axes), pix[:, varying])
+            fixed = [lead + i for i in range(k) if i not in varying]
+            if labels is not None and fixed:
+                index[fixed[-1]] = _labeled_run(labels, index, fixed[-1], plane)
             view = mask[tuple(index)]
             # the plane's two axes are the last two left in ``view``
             view |= plane.reshape((1,) * (view.ndim - 2) + plane.shape)
     if not mask.any():
         raise InvalidInputError(f"the shapes of '{shapes.name}' do not cover the image")
     return mask
+
+
+def crops_note(labels: np.ndarray, region: np.ndarray, axes: str) -> str | None:
+    """What the marked crops take of a stack's labels, when labels lie outside them (those
+    are not used): the planes (or frames) the crops span, and those left out."""
+    outside = (labels > 0) & ~region
+    if not outside.any():
+        return None
+    if labels.ndim < 3:
+        return "labels outside the marked crops are not used"
+    spatial = [a for a in axes if a != "C"]
+    axis = spatial.index("Z") if "Z" in spatial and labels.ndim == len(spatial) else 0
+    word = "planes" if spatial[axis] == "Z" else "frames"
+    others = tuple(i for i in range(labels.ndim) if i != axis)
+    used = np.flatnonzero(region.any(axis=others))
+    missed = np.flatnonzero(outside.any(axis=others))
+    return (
+        f"the crops span {word} {_ranges(used)}; labels in {word} {_ranges(missed)} lie "
+        "outside them and are not used (mark those crops too)"
+    )
+
+
+def _ranges(indices: np.ndarray) -> str:
+    """``[3, 4, 5, 9]`` as ``"3-5, 9"``."""
+    parts, start = [], None
+    for i, v in enumerate(indices):
+        if start is None:
+            start = v
+        if i + 1 == len(indices) or indices[i + 1] != v + 1:
+            parts.append(f"{start}" if start == v else f"{start}-{v}")
+            start = None
+    return ", ".join(parts)
+
+
+def _labeled_run(labels: np.ndarray, index: list, axis: int, plane: np.ndarray) -> slice:
+    """The planes along ``axis`` around ``index[axis]`` that hold labels inside ``plane``
+    (the other axes as in ``index``), as far as they run on without a gap."""
+    at = index[axis]
+
+    def labeled(i: int) -> bool:
+        where = list(index)
+        where[axis] = i
+        held = np.asarray(labels[tuple(where)]) > 0
+        return bool((held & plane.reshape((1,) * (held.ndim - 2) + plane.shape)).any())
+
+    lo = hi = at
+    while lo > 0 and labeled(lo - 1):
+        lo -= 1
+    while hi < labels.shape[axis] - 1 and labeled(hi + 1):
+        hi += 1
+    return slice(lo, hi + 1)
 
 
 def _digest(array: np.ndarray) -> str:
