@@ -327,7 +327,10 @@ def test_segmentation_commands(files, model_file, capsys, nuclei_2d, tmp_path):
         )
         == 0
     )
-    assert "AP@0.5" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "AP@0.5" in captured.out
+    # trained on raw images, segmenting denoised ones: said even with --quiet
+    assert "'seg' was trained on images that were not denoised" in captured.err
     tta = tmp_path / "tta"
     assert main(["segment", str(seg), str(files / "noisy.tif"), "--out", str(tta), "--tta"]) == 0
     prob, prob_tta = (tifffile.imread(d / "noisy_prob.tif") for d in (out, tta))
@@ -721,3 +724,25 @@ def test_batch_outputs_never_overwrite_inputs_and_large_batches_are_read_in_turn
     # the pixel size the input records goes with the result
     assert read_image(kept / "img.tif").spacing == pytest.approx({"Y": 0.3, "X": 0.3})
     assert read_image(kept / "other.tif").spacing is None
+
+
+def test_a_segmenter_trained_on_denoised_images_records_it(files, model_file, capsys, tmp_path):
+    from napari_aeseg.demo import simulated_scribbles
+
+    truth = tifffile.imread(files / "clean.tif") > 0.5
+    tifffile.imwrite(
+        tmp_path / "s.tif", simulated_scribbles(truth.astype(np.uint16), fraction=0.03)
+    )
+    seg = tmp_path / "den_seg.aeseg"
+    argv = ["train-segmenter", str(files / "noisy.tif"), "--labels", str(tmp_path / "s.tif")]
+    argv += ["--out", str(seg), "--denoise-with", str(model_file), *_tiny_segmenter(steps=5)]
+    assert main(argv) == 0
+    assert "image(s) denoised by 'm'" in capsys.readouterr().err
+    assert load_model(seg).config.denoised_with == "m"
+    image = str(files / "noisy.tif")
+    assert main(["segment", str(seg), image, "--out", str(tmp_path / "raw"), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "'den_seg' was trained on images denoised by 'm' and now gets raw ones" in err
+    denoised = ["--denoise-with", str(model_file), "--quiet"]
+    assert main(["segment", str(seg), image, "--out", str(tmp_path / "den"), *denoised]) == 0
+    assert "warning" not in capsys.readouterr().err

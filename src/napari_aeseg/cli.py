@@ -136,6 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --encoder: start the decoder from the denoiser too (default), or only the "
         "encoder",
     )
+    s.add_argument(
+        "--denoise-with",
+        metavar="DENOISER_MODEL",
+        help="train on the images denoised by this model (the model records it; segment "
+        "them with the same --denoise-with)",
+    )
     s.add_argument("--labels-kind", choices=["scribbles", "instances"], default="scribbles")
     s.add_argument(
         "--regions",
@@ -544,7 +550,21 @@ def _train_segmenter(args) -> int:
     labels = [read_image(p).data for p in args.labels]
     regions = [read_image(p).data != 0 for p in args.regions] if args.regions else None
     encoder = None if args.encoder.lower() == "none" else DenoiserModel.load(args.encoder)
+    denoiser = DenoiserModel.load(args.denoise_with) if args.denoise_with else None
     axes = args.axes or files[0].axes
+    images = [f.data for f in files]
+    if denoiser is not None:
+        for f in files:  # every image fits the denoiser before any is denoised
+            layout = denoiser.check_layout(f.data.shape, args.axes or f.axes or axes)
+            _warn_intensities(args, denoiser, f, layout.axes)
+        images = [
+            _run_with_bar(
+                denoiser.iter_denoise(f.data, axes=args.axes or f.axes or axes, device=args.device),
+                f"denoise {f.path.name}",
+                args.quiet,
+            )
+            for f in files
+        ]
     n_classes = None
     if args.labels_kind == "scribbles":
         n_classes = scribble_classes(labels, args.target)
@@ -564,12 +584,13 @@ def _train_segmenter(args) -> int:
         learning_rate=args.lr,
         joint_denoising=args.joint,
         seed=args.seed,
+        denoised_with=None if denoiser is None else denoiser.name,
         **({"transfer": args.transfer} if encoder is not None else {}),
         **({"max_labeled_patches": None} if args.no_step_limit else {}),
     )
     _check_output_file(args.out)
     trainer = SegmenterTrainer(
-        [f.data for f in files],
+        images,
         labels,
         config,
         encoder=encoder,
@@ -581,7 +602,8 @@ def _train_segmenter(args) -> int:
         start = "a denoiser's weights" if encoder is not None else "random weights"
         what = f"{config.n_classes} classes" if config.target == "semantic" else "instances"
         print(
-            f"training a segmenter of {what} from {start} on {len(files)} image(s), "
+            f"training a segmenter of {what} from {start} on {len(files)} image(s)"
+            f"{'' if denoiser is None else f' denoised by {denoiser.name!r}'}, "
             f"axes {config.axes}, device {trainer.device.type}",
             file=sys.stderr,
         )
@@ -602,7 +624,7 @@ def _segment(args) -> int:
     from .core.denoiser import DenoiserModel
     from .core.image_io import ensure_output_dir, read_image, write_tiff
     from .core.metrics import score_segmentation
-    from .core.segmenter import SegmenterModel
+    from .core.segmenter import SegmenterModel, denoising_note
 
     if args.truth and len(args.truth) != len(args.images):
         raise InvalidInputError("give one --truth file per image")
@@ -614,6 +636,9 @@ def _segment(args) -> int:
     )
     model = SegmenterModel.load(args.model)
     denoiser = DenoiserModel.load(args.denoise_with) if args.denoise_with else None
+    note = denoising_note(model, None if denoiser is None else denoiser.name)
+    if note:  # (even with --quiet: the results are probably poor)
+        print(f"aeseg segment: warning: {note}", file=sys.stderr)
     truth_files = iter(args.truth or [])
 
     def check(f):  # every input is read and checked before anything is written

@@ -1323,6 +1323,7 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
             learning_rate=self.learning_rate.value(),
             joint_denoising=self.joint_check.isChecked(),
             seed=self.seed.value(),
+            denoised_with=None if denoiser is None else denoiser.name,
             **training,
         )
         config.postprocess.threshold = self.threshold.value()

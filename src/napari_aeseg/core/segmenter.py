@@ -147,6 +147,9 @@ class SegmenterConfig(_Strict):
     postprocess: PostprocessConfig = Field(default_factory=PostprocessConfig)
     normalization: Normalization | None = None
     encoder: EncoderSource | None = None
+    #: the denoiser the training images went through first (its name), if any: the
+    #: segmenter expects its inputs denoised the same way
+    denoised_with: str | None = None
 
     @field_validator("axes")
     @classmethod
@@ -577,6 +580,24 @@ class SegmenterModel(TrainedModel):
         return run_generator(self.iter_segment(image, **kwargs))
 
 
+def denoising_note(model: SegmenterModel, denoiser_name: str | None) -> str | None:
+    """Why results may be poor when a segmenter gets its inputs denoised otherwise than
+    its training images were (``denoiser_name``: the denoiser applied now, or ``None``)."""
+    trained = model.config.denoised_with
+    if (trained is None) == (denoiser_name is None):  # (a saved denoiser is named by its file)
+        return None
+    if denoiser_name is None:
+        return (
+            f"'{model.name}' was trained on images denoised by '{trained}' and now gets raw "
+            "ones: denoise them first with that model (results may be poor)"
+        )
+    return (
+        f"'{model.name}' was trained on images that were not denoised and now gets them "
+        f"denoised by '{denoiser_name}' (results may be poor): train it on denoised images "
+        "too, or segment without denoising"
+    )
+
+
 def load_segmenter(path: str | os.PathLike) -> SegmenterModel:
     return SegmenterModel.load(path)
 
@@ -592,9 +613,11 @@ def make_segmenter_config(
     n_classes: int | None = None,
     depth: int = 2,
     base_channels: int = 32,
+    denoised_with: str | None = None,
     **training,
 ) -> SegmenterConfig:
-    """A validated segmenter config; architecture and axes follow ``encoder`` when given."""
+    """A validated segmenter config; architecture and axes follow ``encoder`` when given.
+    ``denoised_with`` records the name of the denoiser the training images go through."""
     from .data import guess_axes
 
     if encoder is not None:
@@ -641,6 +664,7 @@ def make_segmenter_config(
         training=train_cfg,
         normalization=encoder.config.normalization if encoder is not None else None,
         encoder=source,
+        denoised_with=denoised_with,
     )
 
 
