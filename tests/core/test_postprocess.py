@@ -140,7 +140,8 @@ def test_two_class_seeds_scale_with_the_objects():
         np.stack([~small_mask, small_mask]).astype(np.float32)
     )
     assert small_labels.max() == 2
-    assert default_seed_window(9.0, 3) == 3 and default_seed_window(0.0, 2) == 5
+    assert default_seed_window(7.0, 3) == 3 and default_seed_window(0.0, 2) == 5
+    assert default_seed_window(16.0, 3) == 9  # a quarter of the radius in 3D too
 
 
 def test_typical_radius_ignores_specks_below_min_size():
@@ -151,9 +152,39 @@ def test_typical_radius_ignores_specks_below_min_size():
     for i in range(5):
         mask[50, 5 + 10 * i] = True  # single-pixel specks
     edt = ndi.distance_transform_edt(mask)
-    assert typical_radius(mask, edt) == 1.0  # the specks are the median piece
     assert typical_radius(mask, edt, min_size=15) == 10.0
+    # specks are crumbs even when they are kept: far shallower than where the pixels lie
+    assert typical_radius(mask, edt) == 10.0
     assert typical_radius(np.zeros((8, 8), bool), np.zeros((8, 8))) == 0.0
+
+
+def test_crumbs_of_a_rough_3d_mask_do_not_shrink_the_seed_box():
+    """Large nuclei among many small pieces of a rough mask (the instant classifier's in a
+    real stack): the radius is the nuclei's, and each nucleus gets one seed."""
+    from napari_aeseg.core.postprocess import typical_radius
+
+    zz, yy, xx = np.mgrid[:40, :96, :96]
+    mask = np.zeros((40, 96, 96), bool)
+    balls = []
+    for cz, cy, cx in ((20, 25, 25), (20, 25, 70), (20, 70, 45)):
+        ball = (zz - cz) ** 2 / 1.4 + (yy - cy) ** 2 + (xx - cx) ** 2 <= 16**2
+        balls.append(ball)
+        mask |= ball
+    rng = np.random.default_rng(0)
+    rough = mask.copy()
+    for ball in balls:  # a rough surface: bumps of a few voxels
+        shell = ball ^ ndi.binary_erosion(ball, iterations=2)
+        rough[shell & (rng.random(mask.shape) < 0.35)] = False
+    for _ in range(12):  # crumbs of 3 x 3 x 3 > min_size apart from the nuclei
+        z, y, x = rng.integers(2, 37), rng.integers(2, 93), rng.integers(2, 93)
+        if not ndi.binary_dilation(mask, iterations=3)[z, y, x]:
+            rough[z - 1 : z + 2, y - 1 : y + 2, x - 1 : x + 2] = True
+    edt = ndi.distance_transform_edt(rough)
+    assert 13 <= typical_radius(rough, edt, 15) <= 17
+    labels = instances_from_probabilities(np.stack([~rough, rough]).astype(np.float32))
+    for ball in balls:
+        ids = np.unique(labels[ball & rough])
+        assert len(ids[ids > 0]) == 1
 
 
 def _subsampled_probabilities(step: int, kind: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -197,8 +228,8 @@ def test_equal_voxel_sizes_change_nothing():
 
 
 def test_seed_box_spans_the_same_length_along_each_axis():
-    assert default_seed_window(30.0, 3) == 11  # half-width 5 voxels
-    assert default_seed_window(30.0, 3, spacing=np.array([2.5, 1.0, 1.0])) == (5, 11, 11)
+    assert default_seed_window(30.0, 3) == 15  # half-width 7 voxels
+    assert default_seed_window(30.0, 3, spacing=np.array([2.5, 1.0, 1.0])) == (5, 15, 15)
     # never less than one voxel each side, however coarse the axis
     assert default_seed_window(6.0, 3, spacing=np.array([10.0, 1.0, 1.0])) == (3, 3, 3)
     assert default_seed_window(8.0, 2, spacing=np.array([1.0, 3.0])) == (5, 3)
