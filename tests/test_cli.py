@@ -563,6 +563,17 @@ def test_segment_a_stack_with_its_voxel_size(tmp_path, capsys):
     assert not np.array_equal(labels["auto"].data, labels["none"].data)
     assert labels["auto"].spacing == pytest.approx({"Z": 0.9, "Y": 0.3, "X": 0.3})
     assert labels["none"].spacing is None
+    # ImageJ hyperstacks with the input's calibration, as Fiji reads them (the 3-class
+    # probabilities, C before Z, are not in ImageJ's axis order: tifffile's own metadata)
+    for name in ("stack_labels.tif", "stack_uncertainty.tif"):
+        with tifffile.TiffFile(tmp_path / "auto" / name) as tif:
+            assert tif.is_imagej and tif.series[0].axes == "ZYX"
+            meta = tif.imagej_metadata
+            assert meta["spacing"] == pytest.approx(0.9) and meta["unit"] == "micron"
+            x_res = tif.pages[0].tags["XResolution"].value
+            assert x_res[1] / x_res[0] == pytest.approx(0.3)
+    with tifffile.TiffFile(tmp_path / "auto" / "stack_prob.tif") as tif:
+        assert not tif.is_imagej and tif.series[0].axes == "CZYX"
     # an OME-TIFF that gives no Z size: cubic voxels, and the user is told
     xy_only = tmp_path / "xy.ome.tif"
     meta = {"axes": "ZYX", "PhysicalSizeX": 0.3, "PhysicalSizeY": 0.3}

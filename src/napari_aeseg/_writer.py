@@ -40,7 +40,9 @@ def write_labels_tiff(path: str, data: Any, meta: dict) -> list[str]:
     labels = np.asarray(_level0(data, meta))
     axes = _AXES.get(labels.ndim)
     axes = axes if axes and labels.ndim <= 4 else None
-    out = write_tiff(path, labels, axes=axes, spacing=_layer_spacing(meta, axes))
+    units = {str(u) for u in meta.get("units") or ()}
+    unit = units.pop() if len(units) == 1 else None  # ("pixel" is no length: none written)
+    out = write_tiff(path, labels, axes=axes, spacing=_layer_spacing(meta, axes), unit=unit)
     return [str(out)]
 
 

@@ -498,7 +498,8 @@ def _denoise(args) -> int:
         )
         # the voxel size the file records goes with the result (segment reads it from there)
         spacing = {a: v for a, v in (f.spacing or {}).items() if a in layout.axes} or None
-        target = write_tiff(f"{stem}.tif", result, axes=layout.axes, spacing=spacing)
+        unit = getattr(f.spacing, "unit", None)
+        target = write_tiff(f"{stem}.tif", result, axes=layout.axes, spacing=spacing, unit=unit)
         if not args.quiet:
             print(f"wrote {target}", file=sys.stderr)
     return 0
@@ -653,6 +654,8 @@ def _segment(args) -> int:
         # (after a denoiser, its output is in the image's range: the segmenter sees that)
         _warn_intensities(args, denoiser or model, f, layout.axes)
         spacing = _voxel_size(args, f, layout)
+        # the unit of a voxel size read from the file goes with the outputs
+        unit = getattr(f.spacing, "unit", None) if args.spacing == "auto" else None
         want = (
             *[layout.shape[layout.axes.index(a)] for a in layout.sample_axes],
             *layout.spatial_shape,
@@ -665,11 +668,11 @@ def _segment(args) -> int:
                     f"--truth {truth} has shape {shape} but the labels of {f.path.name} have "
                     f"shape {want}"
                 )
-        return axes, layout, spacing, truth
+        return axes, layout, spacing, unit, truth
 
     inputs = _read_checked(args.images, check)
     ensure_output_dir(args.out)
-    for (entry, (axes, layout, spacing, truth)), stem in zip(inputs, stems, strict=True):
+    for (entry, (axes, layout, spacing, unit, truth)), stem in zip(inputs, stems, strict=True):
         f = _pixels(entry)
         data = f.data
         if denoiser is not None:
@@ -698,9 +701,12 @@ def _segment(args) -> int:
         out_axes = layout.sample_axes + layout.spatial_axes
         out_axes = None if "S" in out_axes else out_axes
         prob_axes = None if out_axes is None else "C" + out_axes
-        write_tiff(f"{stem}_labels.tif", result.labels, axes=out_axes, spacing=space)
-        write_tiff(f"{stem}_prob.tif", result.probabilities, axes=prob_axes, spacing=space)
-        write_tiff(f"{stem}_uncertainty.tif", result.uncertainty, axes=out_axes, spacing=space)
+        for suffix, array, array_axes in (
+            ("labels", result.labels, out_axes),
+            ("prob", result.probabilities, prob_axes),
+            ("uncertainty", result.uncertainty, out_axes),
+        ):
+            write_tiff(f"{stem}_{suffix}.tif", array, axes=array_axes, spacing=space, unit=unit)
         if truth is not None:
             frames = len(layout.sample_axes)
             try:

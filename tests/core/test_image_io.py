@@ -343,3 +343,28 @@ def test_plain_page_sequence_has_no_axes(tmp_path):
     tifffile.imwrite(tmp_path / "pages.tif", np.zeros((5, 16, 16), np.uint8))
     f = read_image(tmp_path / "pages.tif")
     assert f.data.shape == (5, 16, 16) and f.axes is None
+
+
+def test_outputs_imagej_can_hold_are_calibrated_hyperstacks(tmp_path):
+    import tifffile
+
+    movie = np.random.default_rng(0).random((3, 4, 16, 20)).astype(np.float32)
+    path = write_tiff(
+        tmp_path / "m.tif", movie, axes="TZYX", spacing={"Z": 2.0, "Y": 0.5, "X": 0.25}, unit="nm"
+    )
+    with tifffile.TiffFile(path) as tif:
+        assert tif.is_imagej and tif.series[0].axes == "TZYX"
+        assert tif.imagej_metadata["unit"] == "nm" and tif.imagej_metadata["frames"] == 3
+    back = read_image(path)
+    np.testing.assert_array_equal(back.data, movie)
+    assert back.axes == "TZYX" and back.spacing.unit == "nm"
+    assert back.spacing == pytest.approx({"Z": 2.0, "Y": 0.5, "X": 0.25})
+    # a read voxel size carries its unit into the next file
+    again = read_image(
+        write_tiff(tmp_path / "again.tif", movie[0], axes="ZYX", spacing=back.spacing)
+    )
+    assert again.spacing.unit == "nm" and again.spacing == pytest.approx(back.spacing)
+    # what ImageJ cannot hold as it is keeps tifffile's metadata
+    for data, axes in ((movie.astype(np.float64), "TZYX"), (movie[0], "YXZ")):
+        with tifffile.TiffFile(write_tiff(tmp_path / "other.tif", data, axes=axes)) as tif:
+            assert not tif.is_imagej and tif.series[0].axes == axes

@@ -140,7 +140,14 @@ def test_labels_writers_round_trip(make_napari_viewer, tmp_path, dtype, suffix):
         assert transforms[1]["translation"] == [1.0, 0.0, 3.0]
         assert [a.get("unit") for a in ms["axes"]] == ["micrometer"] * 3
     # the scale comes back as the voxel size (the CLI and the widgets use it)
-    assert read_image(path).spacing == pytest.approx({"Z": 2.0, "Y": 0.5, "X": 0.5})
+    spacing = read_image(path).spacing
+    assert spacing == pytest.approx({"Z": 2.0, "Y": 0.5, "X": 0.5})
+    # an ImageJ hyperstack (Fiji's calibration) where ImageJ holds the type, with the unit
+    imagej = suffix == ".tif" and dtype in (np.uint8, np.uint16)
+    if suffix == ".tif":
+        with tifffile.TiffFile(path) as tif:
+            assert tif.is_imagej == imagej
+    assert spacing.unit == ("micron" if imagej or suffix == ".zarr" else None)
     assert back.dtype == labels.dtype
     np.testing.assert_array_equal(back, labels)
 

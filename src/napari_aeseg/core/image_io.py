@@ -163,9 +163,25 @@ def _unit_key(unit: object) -> object:
     return _UM_PER_UNIT.get(name.lower(), name.lower())
 
 
+class Spacing(dict):
+    """A voxel size by axis letter, with the length ``unit`` its file names (``None`` when it
+    names none): compares and reads as the plain dict."""
+
+    unit: str | None = None
+
+
+def _unit_name(unit: object) -> str | None:
+    if not isinstance(unit, str) or not unit.strip():
+        return None
+    key = _unit_key(unit)
+    if key in ("pixel", "pixels"):
+        return None
+    return "micron" if key == 1.0 else unit.strip()
+
+
 def _clean_spacing(
     sizes: dict[str, object], units: dict[str, object] | None = None, axes: str | None = None
-) -> dict[str, float] | None:
+) -> Spacing | None:
     """Keep finite positive sizes of the spatial axes; mixed units become micrometres."""
     out: dict[str, float] = {}
     for ax in "ZYX":
@@ -181,11 +197,15 @@ def _clean_spacing(
     if not out:
         return None
     keys = {ax: _unit_key((units or {}).get(ax)) for ax in out}
+    unit = _unit_name(next(iter((units or {}).get(ax) for ax in out), None))
     if len(set(keys.values())) > 1:
         if not all(isinstance(k, float) for k in keys.values()):
             return None
         out = {ax: value * keys[ax] for ax, value in out.items()}
-    return out
+        unit = "micron"
+    spacing = Spacing(out)
+    spacing.unit = unit
+    return spacing
 
 
 def _inverse_rational(value: object) -> float | None:
@@ -307,8 +327,15 @@ def write_tiff(
     *,
     axes: str | None = None,
     spacing: dict[str, float] | None = None,
+    unit: str | None = None,
 ) -> Path:
-    """Write a (compressed) TIFF atomically, keeping the array's dtype and voxel ``spacing``."""
+    """Write a (compressed) TIFF atomically, keeping the array's dtype and voxel ``spacing``
+    (in ``unit``; by default the unit ``spacing`` carries, if any).
+
+    Where ImageJ can hold the array (8-bit, 16-bit or float32; axes in its order T, Z, C,
+    Y, X; under 4 GB) the file is an ImageJ hyperstack, so that Fiji opens it with its axes
+    and calibration; otherwise the axes and voxel size go into tifffile's JSON metadata.
+    """
     import tifffile
 
     path = Path(path)
@@ -323,6 +350,7 @@ def write_tiff(
         kwargs["photometric"] = "rgb"
     if axes is not None and set(axes) <= set("TZCYXS"):
         kwargs["metadata"] = {"axes": axes}
+    clean = None
     if spacing:
         clean = _clean_spacing({str(k).upper(): v for k, v in spacing.items()})
         if clean is None or len(clean) != len(spacing):
@@ -330,13 +358,33 @@ def write_tiff(
                 f"cannot write '{path}' as TIFF: spacing must map 'Z', 'Y', 'X' to positive "
                 f"finite sizes, got {spacing!r}"
             )
+        unit = unit or getattr(spacing, "unit", None)
+    if _imagej_fits(data, axes, kwargs["photometric"]):
+        kwargs["imagej"] = True
+        if clean:
+            if "X" in clean and "Y" in clean:
+                kwargs["resolution"] = (1.0 / clean["X"], 1.0 / clean["Y"])
+            if "Z" in clean:
+                kwargs["metadata"]["spacing"] = clean["Z"]
+            if _unit_name(unit):
+                kwargs["metadata"]["unit"] = _unit_name(unit)
+    elif clean:
         # in the JSON metadata only: the sizes carry no unit, and a resolution tag needs one
-        kwargs["metadata"] = {**kwargs.get("metadata", {}), "spacing": clean}
+        kwargs["metadata"] = {**kwargs.get("metadata", {}), "spacing": dict(clean)}
     try:
         tifffile.imwrite(buf, data, compression="zlib", **kwargs)
     except (ValueError, TypeError) as exc:
         raise OutputError(f"cannot write '{path}' as TIFF: {exc}") from None
     return atomic_write_bytes(path, buf.getvalue())
+
+
+def _imagej_fits(data: np.ndarray, axes: str | None, photometric: str) -> bool:
+    """Whether an ImageJ hyperstack holds ``data`` with these axes, as it is."""
+    if axes is None or photometric != "minisblack" or len(axes) != data.ndim:
+        return False
+    if axes != "".join(a for a in "TZCYX" if a in axes) or not axes.endswith("YX"):
+        return False
+    return data.dtype in (np.uint8, np.uint16, np.float32) and data.nbytes < 2**32 - 2**25
 
 
 def write_png(path: str | os.PathLike, rgb_or_gray: np.ndarray) -> Path:
