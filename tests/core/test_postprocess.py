@@ -116,13 +116,14 @@ def _rough_ellipse_and_touching_discs(scale: float, seed: int = 0):
 
 
 def test_two_class_seeds_scale_with_the_objects():
-    from napari_aeseg.core.postprocess import default_seed_window, typical_radius
+    from napari_aeseg.core.postprocess import default_seed_window, piece_depths
 
     ellipse, discs = _rough_ellipse_and_touching_discs(1.0)
     mask = ellipse | discs[0] | discs[1]
     probs = np.stack([~mask, mask]).astype(np.float32)
     edt = ndi.distance_transform_edt(mask)
-    assert 29 <= typical_radius(mask, edt) <= 31
+    _, depths = piece_depths(mask, edt)
+    assert all(29 <= d <= 31 for d in depths[1:])
     assert default_seed_window(30, 2) == 15
     labels = instances_from_probabilities(probs)
     assert len(np.unique(labels[ellipse])) == 1  # one nucleus, one label
@@ -132,10 +133,8 @@ def test_two_class_seeds_scale_with_the_objects():
     # small objects keep the 5 x 5 box, and touching small discs stay split
     small = _rough_ellipse_and_touching_discs(0.2)[1]
     small_mask = small[0] | small[1]
-    assert (
-        default_seed_window(typical_radius(small_mask, ndi.distance_transform_edt(small_mask)), 2)
-        == 5
-    )
+    _, small_depths = piece_depths(small_mask, ndi.distance_transform_edt(small_mask))
+    assert default_seed_window(small_depths[1], 2) == 5
     small_labels = instances_from_probabilities(
         np.stack([~small_mask, small_mask]).astype(np.float32)
     )
@@ -144,47 +143,56 @@ def test_two_class_seeds_scale_with_the_objects():
     assert default_seed_window(16.0, 3) == 9  # a quarter of the radius in 3D too
 
 
-def test_typical_radius_ignores_specks_below_min_size():
-    from napari_aeseg.core.postprocess import typical_radius
-
-    mask = np.zeros((64, 64), bool)
-    mask[10:30, 10:30] = True  # radius 10
-    for i in range(5):
-        mask[50, 5 + 10 * i] = True  # single-pixel specks
-    edt = ndi.distance_transform_edt(mask)
-    assert typical_radius(mask, edt, min_size=15) == 10.0
-    # specks are crumbs even when they are kept: far shallower than where the pixels lie
-    assert typical_radius(mask, edt) == 10.0
-    assert typical_radius(np.zeros((8, 8), bool), np.zeros((8, 8))) == 0.0
-
-
-def test_crumbs_of_a_rough_3d_mask_do_not_shrink_the_seed_box():
-    """Large nuclei among many small pieces of a rough mask (the instant classifier's in a
-    real stack): the radius is the nuclei's, and each nucleus gets one seed."""
-    from napari_aeseg.core.postprocess import typical_radius
-
-    zz, yy, xx = np.mgrid[:40, :96, :96]
-    mask = np.zeros((40, 96, 96), bool)
-    balls = []
-    for cz, cy, cx in ((20, 25, 25), (20, 25, 70), (20, 70, 45)):
-        ball = (zz - cz) ** 2 / 1.4 + (yy - cy) ** 2 + (xx - cx) ** 2 <= 16**2
-        balls.append(ball)
-        mask |= ball
+def test_small_touching_cells_beside_large_ones_keep_their_own_seed_box():
+    """One box for the whole image cannot fit both 50 touching pairs of small cells and
+    three large discs that hold most of the pixels: each piece gets a box of its own."""
+    yy, xx = np.mgrid[:400, :400]
+    truth = np.zeros((400, 400), np.int32)
+    pairs, k = [], 0
+    for cy in range(15, 160, 30):
+        for cx in range(15, 380, 40):
+            k += 1
+            truth[(yy - cy) ** 2 + (xx - cx) ** 2 <= 7**2] = k
+            k += 1
+            truth[((yy - cy) ** 2 + (xx - cx - 12) ** 2 <= 6**2) & (truth == 0)] = k
+            pairs.append((k - 1, k))
+    big = []
     rng = np.random.default_rng(0)
-    rough = mask.copy()
-    for ball in balls:  # a rough surface: bumps of a few voxels
-        shell = ball ^ ndi.binary_erosion(ball, iterations=2)
-        rough[shell & (rng.random(mask.shape) < 0.35)] = False
-    for _ in range(12):  # crumbs of 3 x 3 x 3 > min_size apart from the nuclei
-        z, y, x = rng.integers(2, 37), rng.integers(2, 93), rng.integers(2, 93)
-        if not ndi.binary_dilation(mask, iterations=3)[z, y, x]:
-            rough[z - 1 : z + 2, y - 1 : y + 2, x - 1 : x + 2] = True
-    edt = ndi.distance_transform_edt(rough)
-    assert 13 <= typical_radius(rough, edt, 15) <= 17
-    labels = instances_from_probabilities(np.stack([~rough, rough]).astype(np.float32))
-    for ball in balls:
-        ids = np.unique(labels[ball & rough])
+    for cy, cx in ((260, 70), (280, 200), (270, 330)):
+        k += 1
+        disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= 50**2
+        rim = disc & ~ndi.binary_erosion(disc, iterations=3)
+        truth[disc & ~(rim & (rng.random(disc.shape) < 0.4))] = k  # a rough edge
+        big.append(k)
+    mask = truth > 0
+    labels = instances_from_probabilities(np.stack([~mask, mask]).astype(np.float32))
+    first = {i: np.bincount(labels[truth == i]).argmax() for i in np.unique(truth)[1:]}
+    assert all(first[a] != first[b] for a, b in pairs)
+    for i in big:
+        ids = np.unique(labels[truth == i])
         assert len(ids[ids > 0]) == 1
+
+
+def test_crumbs_of_a_rough_3d_mask_do_not_shrink_a_nucleus_seed_box():
+    """A large rough nucleus among crumbs of a rough mask (the instant classifier's in a
+    real stack): the nucleus gets one seed. A box from the median depth of all pieces (the
+    crumbs', 3 voxels wide) cut it apart."""
+    zz, yy, xx = np.mgrid[:44, :72, :72].astype(float)
+    rough = ndi.gaussian_filter(np.random.default_rng(0).normal(0, 1, zz.shape), 3)
+    rough /= rough.std()
+    nucleus = ((zz - 22) / 18) ** 2 + ((yy - 36) / 28) ** 2 + ((xx - 36) / 28) ** 2
+    nucleus = nucleus + 0.12 * rough < 1
+    mask = nucleus.copy()
+    for i in range(20):  # crumbs of 3 x 3 x 3 voxels in two corners' rows, apart
+        z, y, x = 4 + 3 * (i % 10), (3, 68)[i // 10], 4 + 6 * (i % 10)
+        mask[z - 1 : z + 2, y - 1 : y + 2, x - 1 : x + 2] = True
+    assert ndi.label(mask)[1] == 21
+    probs = np.stack([~mask, mask]).astype(np.float32)
+    labels = instances_from_probabilities(probs)
+    ids = np.unique(labels[nucleus])
+    assert len(ids[ids > 0]) == 1
+    cut = instances_from_probabilities(probs, seed_window=3)
+    assert len(np.unique(cut[nucleus])) > 2
 
 
 def _subsampled_probabilities(step: int, kind: str, seed: int) -> tuple[np.ndarray, np.ndarray]:

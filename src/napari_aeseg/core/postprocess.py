@@ -75,10 +75,10 @@ def instances_from_probabilities(
         edt = ndi.distance_transform_edt(mask, sampling=rel)
         dist = ndi.gaussian_filter(edt, sigma)
         if seed_window is None:
-            seed_window = default_seed_window(
-                typical_radius(mask, edt, min_size), fg.ndim, spacing=rel
-            )
-        peaks = (dist == ndi.maximum_filter(dist, size=seed_window)) & (dist > MIN_SEED_DISTANCE)
+            peaks = _seeds_by_piece_depth(dist, mask, edt, rel)
+        else:
+            peaks = dist == ndi.maximum_filter(dist, size=seed_window)
+        peaks &= dist > MIN_SEED_DISTANCE
     markers, _ = ndi.label(peaks)
     if fill_holes:
         mask = ndi.binary_fill_holes(mask)
@@ -95,34 +95,37 @@ def instances_from_probabilities(
     return relabel_sequential(labels)
 
 
-def typical_radius(mask: np.ndarray, edt: np.ndarray, min_size: int = 0) -> float:
-    """The radius of a typical object of ``mask``, in the units of ``edt`` (pixels, or the
-    finest axis' size when it was measured with a voxel size); 0 when there is none.
-
-    Each connected piece of at least ``min_size`` pixels has a depth: its largest distance
-    to the edge (``edt``). A clump of touching objects counts as one piece of about one
-    object's radius. Pieces less than half as deep as the volume-weighted median depth
-    (where half of the mask's pixels lie in deeper pieces) are crumbs of a rough mask, not
-    objects, and are left out; the radius is the median depth of the others. A plain
-    median over all pieces read the real 3D sample's nuclei (depth about 16 voxels) as 5.3
-    voxels, among the instant classifier's many small pieces, and its seeds cut them apart.
-    """
+def piece_depths(mask: np.ndarray, edt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The connected pieces of ``mask`` (labels) and the depth of each, from 1: its largest
+    distance to the edge (``edt``), about one object's radius even for a clump of touching
+    objects (in the units of ``edt``)."""
     pieces, n = ndi.label(mask)
-    if not n:
-        return 0.0
-    inside = pieces > 0
     deepest = np.zeros(n + 1)
+    inside = pieces > 0
     np.maximum.at(deepest, pieces[inside], edt[inside])  # (ndi.maximum is 15x slower)
-    sizes = np.bincount(pieces[inside], minlength=n + 1)[1:]
-    deepest = deepest[1:]
-    keep = sizes >= max(min_size, 1)
-    deepest, sizes = deepest[keep], sizes[keep]
-    if not len(deepest):
-        return 0.0
-    order = np.argsort(deepest, kind="stable")
-    cumulative = np.cumsum(sizes[order])
-    weighted = deepest[order][np.searchsorted(cumulative, cumulative[-1] / 2)]
-    return float(np.median(deepest[deepest >= weighted / 2]))
+    return pieces, deepest
+
+
+def _seeds_by_piece_depth(dist, mask, edt, rel) -> np.ndarray:
+    """Highest points of ``dist`` within a box that follows the depth of the piece of the
+    mask they lie in (:func:`default_seed_window`): large nuclei get a box large enough
+    not to be cut apart at the bumps of a rough mask, small touching cells next to them a
+    box small enough to keep them apart, and a rough 3D mask's many crumbs do not shrink
+    the others' boxes (one box for all, from the median depth, cut the real 3D sample's
+    nuclei apart)."""
+    pieces, deepest = piece_depths(mask, edt)
+    peaks = np.zeros(mask.shape, bool)
+    if len(deepest) == 1:
+        return peaks
+    windows: dict = {}
+    group = np.zeros(len(deepest), np.int32)
+    for i in range(1, len(deepest)):
+        w = default_seed_window(deepest[i], mask.ndim, spacing=rel)
+        group[i] = windows.setdefault(w, len(windows) + 1)
+    by_piece = group[pieces]
+    for w, g in windows.items():
+        peaks |= (by_piece == g) & (dist == ndi.maximum_filter(dist, size=w))
+    return peaks
 
 
 #: the largest ratio of two voxel sizes (beyond it, sizes in mixed units are the likelier cause)
@@ -189,15 +192,16 @@ def parse_voxel_size(text: str) -> tuple[float, ...]:
 
 
 def default_seed_window(radius: float, ndim: int, spacing=None) -> int | tuple[int, ...]:
-    """Side of the box in which a two-class seed must be the highest distance.
+    """Side of the box in which a two-class seed must be the highest distance, for objects
+    of ``radius`` (the depth of their piece of the mask).
 
-    Its half-width is a quarter of the typical object radius, and at least 2 pixels in 2D
-    (1 voxel in 3D): the fixed 5 x 5 box of before for objects up to a radius of 12. With
-    that fixed box, nuclei seen at 2-3x the magnification had rough masks split in pieces:
-    AP@0.5 on the real sample's two-class probabilities scaled up 2x / 3x went from
-    0.62 / 0.55 to 0.70 / 0.73, and 0.704 -> 0.710 at the original size
-    (``benchmarks/bench_seed_window.py``). In 3D a sixth of the radius split large nuclei
-    (``benchmarks/bench_seed_window_3d.py``).
+    Its half-width is a quarter of the radius, and at least 2 pixels in 2D (1 voxel in 3D):
+    the fixed 5 x 5 box of before for objects up to a radius of 12. With that fixed box,
+    nuclei seen at 2-3x the magnification had rough masks split in pieces: AP@0.5 on the
+    real sample's two-class probabilities scaled up 2x / 3x went from 0.62 / 0.55 to
+    0.70 / 0.73, and 0.704 -> 0.710 at the original size (``benchmarks/bench_seed_window.py``,
+    with one box from the median depth of the pieces). In 3D a sixth of the radius split
+    large nuclei (``benchmarks/bench_seed_window_3d.py``).
 
     With a ``spacing`` relative to the finest axis (:func:`relative_spacing`; ``radius``
     then in units of that axis) the box spans the same length along every axis, so it is
