@@ -633,6 +633,33 @@ def test_one_rectangle_marks_a_sub_volume_labeled_plane_by_plane():
     assert crops_note(np.where(mask, labels, 0), mask, "ZYX") is None
     movie = crops_note(labels, mask, "TYX")
     assert movie.startswith("the crops span frames 3-6")
+    # a rectangle in an unlabeled plane marks that plane only
+    empty_plane = Shapes(ndim=3)
+    empty_plane.add_rectangles([[[1, 2, 2], [1, 2, 10], [1, 10, 10], [1, 10, 2]]])
+    assert np.flatnonzero(
+        region_mask(empty_plane, labels.shape, space, labels).any(axis=(1, 2))
+    ).tolist() == [1]
+    # a crop stops at a plane where another crop is drawn: those labels are that crop's
+    shapes.add_rectangles([[[6, 6, 6], [6, 6, 14], [6, 14, 14], [6, 14, 6]]])
+    both = region_mask(shapes, labels.shape, space, labels)
+    assert np.flatnonzero(both.any(axis=(1, 2))).tolist() == [3, 4, 5, 6]
+    assert not both[6, 2:6, 2:6].any() and both[6, 6:15, 6:15].all()
+    # a rectangle drawn across planes (an XZ view): along Y it spans the labeled rows
+    xz = Shapes(ndim=3)
+    xz.add_rectangles([[[3, 5, 2], [3, 5, 10], [6, 5, 10], [6, 5, 2]]])
+    across = region_mask(xz, labels.shape, space, labels)
+    assert np.flatnonzero(across.any(axis=(0, 2))).tolist() == [4, 5, 6, 7]
+    assert across[3:7, 4:8, 2:11].all() and across.sum() == 4 * 4 * 9
+    # time points of volumes: frames and planes are named
+    four = np.zeros((3, 10, 16, 16), np.uint16)
+    four[0, 4:7, 5:10, 5:10] = 1
+    four[2, 4:7, 5:10, 5:10] = 1
+    crop = np.zeros(four.shape, bool)
+    crop[0, 4:7] = True
+    assert crops_note(four, crop, "TZYX") == (
+        "the crops span frame 0 (planes 4-6); labels in frame 2 (planes 4-6) lie outside them "
+        "and are not used (mark those crops too)"
+    )
 
 
 def test_a_sheared_stack_keeps_its_placement_in_scribbles_crops_and_results(

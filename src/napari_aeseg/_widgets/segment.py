@@ -1733,6 +1733,7 @@ def region_mask(
         )
     nd = len(shape)
     mask = np.zeros(shape, bool)
+    placed = []  # (index of the drawn plane, footprint over the grid, axis across planes)
     for verts, kind in zip(shapes.data, shapes.shape_type, strict=True):
         if kind not in ("rectangle", "polygon", "ellipse"):
             raise InvalidInputError(
@@ -1767,34 +1768,90 @@ def region_mask(
         else:
             plane_axes = [lead + i for i in varying]
             plane = polygon2mask(tuple(shape[a] for a in plane_axes), pix[:, varying])
+            grown = [shape[a] if a in plane_axes else 1 for a in range(nd)]
+            footprint = np.broadcast_to(plane.reshape(grown), shape)  # whatever the plane
             fixed = [lead + i for i in range(k) if i not in varying]
-            if labels is not None and fixed:
-                index[fixed[-1]] = _labeled_run(labels, index, fixed[-1], plane)
-            view = mask[tuple(index)]
-            # the plane's two axes are the last two left in ``view``
-            view |= plane.reshape((1,) * (view.ndim - 2) + plane.shape)
+            placed.append((index, footprint, fixed[-1] if fixed else None))
+    # a crop spans the planes next to it that hold labels inside it, up to a plane where
+    # another crop is drawn (those labels are that crop's)
+    drawn = {_plane_key(index, axis) for index, _, axis in placed if axis is not None}
+    for index, footprint, axis in placed:
+        if labels is not None and axis is not None:
+            index = list(index)
+            index[axis] = _labeled_run(labels, index, axis, footprint, drawn)
+        mask[tuple(index)] |= footprint[tuple(index)]
     if not mask.any():
         raise InvalidInputError(f"the shapes of '{shapes.name}' do not cover the image")
     return mask
 
 
+def _plane_key(index: list, axis: int, at: int | None = None) -> tuple:
+    """The plane ``index`` draws in, moved to ``at`` along ``axis``."""
+    key = list(index)
+    if at is not None:
+        key[axis] = at
+    return (axis, *(v if isinstance(v, int) else None for v in key))
+
+
+def _labeled_run(labels, index: list, axis: int, footprint: np.ndarray, drawn: set) -> slice:
+    """The planes along ``axis`` around ``index[axis]`` that hold labels inside
+    ``footprint`` (the other axes as in ``index``), as far as they run on without a gap
+    and without reaching a plane another crop is drawn in; only the drawn plane when it
+    holds no label inside."""
+    at = index[axis]
+
+    def labeled(i: int) -> bool:
+        where = list(index)
+        where[axis] = i
+        where = tuple(where)
+        return bool((np.asarray(labels[where]) > 0)[footprint[where]].any())
+
+    if not labeled(at):
+        return slice(at, at + 1)
+    lo = hi = at
+    while lo > 0 and _plane_key(index, axis, lo - 1) not in drawn and labeled(lo - 1):
+        lo -= 1
+    while (
+        hi < labels.shape[axis] - 1
+        and _plane_key(index, axis, hi + 1) not in drawn
+        and labeled(hi + 1)
+    ):
+        hi += 1
+    return slice(lo, hi + 1)
+
+
 def crops_note(labels: np.ndarray, region: np.ndarray, axes: str) -> str | None:
     """What the marked crops take of a stack's labels, when labels lie outside them (those
-    are not used): the planes (or frames) the crops span, and those left out."""
+    are not used): the planes (frames, slices) the crops span, and those left out."""
     outside = (labels > 0) & ~region
     if not outside.any():
         return None
-    if labels.ndim < 3:
+    names = [a for a in axes if a != "C"]
+    if len(names) != labels.ndim:
+        names = ["?"] * (labels.ndim - 2) + ["Y", "X"]
+    lead = [i for i, a in enumerate(names) if a not in ("Y", "X")][:2]
+    if not lead:
         return "labels outside the marked crops are not used"
-    spatial = [a for a in axes if a != "C"]
-    axis = spatial.index("Z") if "Z" in spatial and labels.ndim == len(spatial) else 0
-    word = "planes" if spatial[axis] == "Z" else "frames"
-    others = tuple(i for i in range(labels.ndim) if i != axis)
-    used = np.flatnonzero(region.any(axis=others))
-    missed = np.flatnonzero(outside.any(axis=others))
+    words = {"Z": "planes", "T": "frames", "S": "slices"}
+
+    def where(mask: np.ndarray) -> str:
+        axis = lead[-1]
+        word = words.get(names[axis], "planes")
+        rest = tuple(i for i in range(labels.ndim) if i != axis)
+        if len(lead) == 1:
+            return f"{word} {_ranges(np.flatnonzero(mask.any(axis=rest)))}"
+        outer = lead[0]
+        parts = []
+        for i in np.flatnonzero(mask.any(axis=tuple(j for j in range(mask.ndim) if j != outer))):
+            one = np.take(mask, i, axis=outer)
+            inner = [j for j in range(one.ndim) if j != axis - (axis > outer)]
+            planes = _ranges(np.flatnonzero(one.any(axis=tuple(inner))))
+            parts.append(f"{words.get(names[outer], 'frames')[:-1]} {i} ({word} {planes})")
+        return ", ".join(parts[:4]) + (", ..." if len(parts) > 4 else "")
+
     return (
-        f"the crops span {word} {_ranges(used)}; labels in {word} {_ranges(missed)} lie "
-        "outside them and are not used (mark those crops too)"
+        f"the crops span {where(region)}; labels in {where(outside)} lie outside them and are "
+        "not used (mark those crops too)"
     )
 
 
@@ -1808,25 +1865,6 @@ def _ranges(indices: np.ndarray) -> str:
             parts.append(f"{start}" if start == v else f"{start}-{v}")
             start = None
     return ", ".join(parts)
-
-
-def _labeled_run(labels: np.ndarray, index: list, axis: int, plane: np.ndarray) -> slice:
-    """The planes along ``axis`` around ``index[axis]`` that hold labels inside ``plane``
-    (the other axes as in ``index``), as far as they run on without a gap."""
-    at = index[axis]
-
-    def labeled(i: int) -> bool:
-        where = list(index)
-        where[axis] = i
-        held = np.asarray(labels[tuple(where)]) > 0
-        return bool((held & plane.reshape((1,) * (held.ndim - 2) + plane.shape)).any())
-
-    lo = hi = at
-    while lo > 0 and labeled(lo - 1):
-        lo -= 1
-    while hi < labels.shape[axis] - 1 and labeled(hi + 1):
-        hi += 1
-    return slice(lo, hi + 1)
 
 
 def _digest(array: np.ndarray) -> str:
