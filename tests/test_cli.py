@@ -2,6 +2,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -727,9 +728,16 @@ def test_batch_outputs_never_overwrite_inputs_and_large_batches_are_read_in_turn
     assert main(["denoise", str(model_file), str(a / "img.tif"), str(a / "other.tif"),
                  "--out", str(kept), "--quiet"]) == 0  # fmt: skip
     monkeypatch.setattr(cli, "KEEP_INPUT_BYTES", noisy.nbytes)  # keeps the first file only
+    import napari_aeseg.core.image_io as image_io
+
+    reads, real_read = [], image_io.read_image
+    monkeypatch.setattr(
+        image_io, "read_image", lambda p: reads.append(Path(p).name) or real_read(p)
+    )
     reread = tmp_path / "reread"
     assert main(["denoise", str(model_file), str(a / "img.tif"), str(a / "other.tif"),
                  "--out", str(reread), "--quiet"]) == 0  # fmt: skip
+    assert reads == ["img.tif", "other.tif", "other.tif"]  # checked, then read again in turn
     for name in ("img.tif", "other.tif"):
         np.testing.assert_array_equal(tifffile.imread(kept / name), tifffile.imread(reread / name))
     # the pixel size the input records goes with the result
@@ -756,4 +764,11 @@ def test_a_segmenter_trained_on_denoised_images_records_it(files, model_file, ca
     assert "'den_seg' was trained on images denoised by 'm' and now gets raw ones" in err
     denoised = ["--denoise-with", str(model_file), "--quiet"]
     assert main(["segment", str(seg), image, "--out", str(tmp_path / "den"), *denoised]) == 0
+    assert "warning" not in capsys.readouterr().err
+    # a model file from before this was recorded: nothing is known, nothing is said
+    old = load_model(seg)
+    old.config.denoised_with = None
+    old.save(tmp_path / "old.aeseg")
+    assert main(["segment", str(tmp_path / "old.aeseg"), image, "--out", str(tmp_path / "o"),
+                 "--quiet"]) == 0  # fmt: skip
     assert "warning" not in capsys.readouterr().err

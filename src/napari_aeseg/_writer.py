@@ -20,6 +20,20 @@ def _level0(data: Any, meta: dict) -> Any:
     return data[0] if meta.get("multiscale") else data
 
 
+_AXIS_NAMES = {"t": "T", "time": "T", "z": "Z", "y": "Y", "x": "X"}
+
+
+def _layer_axes(meta: dict, ndim: int) -> str | None:
+    """The labels' axes: from the layer's axis labels when they name them (a movie's
+    ``t, y, x``), else guessed by the number of dimensions."""
+    named = [_AXIS_NAMES.get(str(a).strip().lower()) for a in meta.get("axis_labels") or ()]
+    if len(named) == ndim and None not in named:
+        axes = "".join(named)
+        if axes == "".join(a for a in "TZYX" if a in axes) and axes.endswith("YX"):
+            return axes
+    return _AXES.get(ndim)
+
+
 def _layer_spacing(meta: dict, axes: str | None) -> dict[str, float] | None:
     """The layer's scale along its Z, Y, X axes as a voxel size, when it is not 1 everywhere
     (a plain layer's file stays without one, as before)."""
@@ -38,16 +52,18 @@ def write_labels_tiff(path: str, data: Any, meta: dict) -> list[str]:
     """Write a labels layer to a zlib-compressed TIFF (lossless, same dtype), with the
     layer's scale as the voxel size the readers of this plugin and the CLI pick up."""
     labels = np.asarray(_level0(data, meta))
-    axes = _AXES.get(labels.ndim)
+    axes = _layer_axes(meta, labels.ndim)
     axes = axes if axes and labels.ndim <= 4 else None
-    units = {str(u) for u in meta.get("units") or ()}
-    unit = units.pop() if len(units) == 1 else None  # ("pixel" is no length: none written)
+    spatial = [
+        str(u) for a, u in zip(axes or "", meta.get("units") or (), strict=False) if a in "ZYX"
+    ]
+    unit = spatial[0] if len(set(spatial)) == 1 else None  # ("pixel": none written)
     out = write_tiff(path, labels, axes=axes, spacing=_layer_spacing(meta, axes), unit=unit)
     return [str(out)]
 
 
-def _axes_metadata(ndim: int, units=None) -> list[dict]:
-    names = _AXES.get(ndim, "".join("?" * (ndim - 2)) + "YX")
+def _axes_metadata(ndim: int, units=None, names: str | None = None) -> list[dict]:
+    names = names or _AXES.get(ndim, "".join("?" * (ndim - 2)) + "YX")
     units = list(units) if units is not None and len(units) == ndim else [None] * ndim
     axes = []
     for i, name in enumerate(names):
@@ -111,7 +127,7 @@ def write_labels_zarr(path: str, data: Any, meta: dict) -> list[str]:
             {
                 "version": "0.4",
                 "name": str(meta.get("name", "labels")),
-                "axes": _axes_metadata(ndim, meta.get("units")),
+                "axes": _axes_metadata(ndim, meta.get("units"), _layer_axes(meta, ndim)),
                 "datasets": datasets,
             }
         ]

@@ -554,6 +554,7 @@ def _train_segmenter(args) -> int:
     denoiser = DenoiserModel.load(args.denoise_with) if args.denoise_with else None
     axes = args.axes or files[0].axes
     images = [f.data for f in files]
+    _check_output_file(args.out)  # before any long work
     if denoiser is not None:
         for f in files:  # every image fits the denoiser before any is denoised
             layout = denoiser.check_layout(f.data.shape, args.axes or f.axes or axes)
@@ -589,7 +590,6 @@ def _train_segmenter(args) -> int:
         **({"transfer": args.transfer} if encoder is not None else {}),
         **({"max_labeled_patches": None} if args.no_step_limit else {}),
     )
-    _check_output_file(args.out)
     trainer = SegmenterTrainer(
         images,
         labels,

@@ -152,6 +152,24 @@ def test_labels_writers_round_trip(make_napari_viewer, tmp_path, dtype, suffix):
     np.testing.assert_array_equal(back, labels)
 
 
+@pytest.mark.parametrize("suffix", [".tif", ".zarr"])
+def test_labels_of_a_movie_keep_time_apart_from_space(tmp_path, suffix):
+    """A layer whose axis labels say t, y, x: the frame interval is no voxel size."""
+    from napari_aeseg._writer import write_labels_tiff, write_labels_zarr
+
+    meta = {
+        "scale": (5.0, 0.5, 0.5),
+        "axis_labels": ("t", "y", "x"),
+        "units": ("second", "micrometer", "micrometer"),
+    }
+    write = write_labels_tiff if suffix == ".tif" else write_labels_zarr
+    path = tmp_path / f"movie{suffix}"
+    write(str(path), np.ones((3, 8, 8), np.uint16), meta)
+    back = read_image(path)
+    assert back.axes == "TYX" and back.spacing == pytest.approx({"Y": 0.5, "X": 0.5})
+    assert back.spacing.unit == "micron"
+
+
 def test_zarr_writer_replaces_an_existing_store(tmp_path):
     import zarr
 

@@ -215,7 +215,7 @@ def test_fine_tune_with_session_encoder_and_ground_truth(
     monkeypatch.setattr("napari_aeseg._widgets._common.ask_save_model_path", lambda *a: path)
     widget.save_button.click()
     assert path.is_file() and SegmenterModel.load(path).trained_steps == 60
-    assert model.config.denoised_with is None
+    assert model.config.denoised_with == ""  # recorded: not denoised
     # trained on the image denoised first: the model says so (the CLI warns without it)
     widget.set_options(denoiser=tiny_denoiser.name)
     widget.run_button.click()

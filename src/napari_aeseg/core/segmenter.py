@@ -147,8 +147,9 @@ class SegmenterConfig(_Strict):
     postprocess: PostprocessConfig = Field(default_factory=PostprocessConfig)
     normalization: Normalization | None = None
     encoder: EncoderSource | None = None
-    #: the denoiser the training images went through first (its name), if any: the
-    #: segmenter expects its inputs denoised the same way
+    #: the denoiser the training images went through first (its name; "" for none): the
+    #: segmenter expects its inputs denoised the same way. ``None``: not recorded (model
+    #: files from before 2026-11-29)
     denoised_with: str | None = None
 
     @field_validator("axes")
@@ -584,8 +585,8 @@ def denoising_note(model: SegmenterModel, denoiser_name: str | None) -> str | No
     """Why results may be poor when a segmenter gets its inputs denoised otherwise than
     its training images were (``denoiser_name``: the denoiser applied now, or ``None``)."""
     trained = model.config.denoised_with
-    if (trained is None) == (denoiser_name is None):  # (a saved denoiser is named by its file)
-        return None
+    if trained is None or bool(trained) == (denoiser_name is not None):
+        return None  # not recorded, or alike (a saved denoiser is named by its file)
     if denoiser_name is None:
         return (
             f"'{model.name}' was trained on images denoised by '{trained}' and now gets raw "
@@ -664,7 +665,7 @@ def make_segmenter_config(
         training=train_cfg,
         normalization=encoder.config.normalization if encoder is not None else None,
         encoder=source,
-        denoised_with=denoised_with,
+        denoised_with=denoised_with or "",
     )
 
 
