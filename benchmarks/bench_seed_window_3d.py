@@ -102,19 +102,9 @@ def old_radius(prob, spacing) -> float:
 def mixed_sizes(seed: int):
     """Touching pairs of small cells and three large discs (labels, blurred noisy image)."""
     from napari_aeseg.core.noise import add_noise
+    from napari_aeseg.core.synthetic import small_pairs_and_large_discs
 
-    yy, xx = np.mgrid[:400, :400]
-    truth = np.zeros((400, 400), np.uint16)
-    k = 0
-    for cy in range(15, 160, 30):
-        for cx in range(15, 380, 40):
-            k += 1
-            truth[(yy - cy) ** 2 + (xx - cx) ** 2 <= 7**2] = k
-            k += 1
-            truth[((yy - cy) ** 2 + (xx - cx - 12) ** 2 <= 6**2) & (truth == 0)] = k
-    for cy, cx in ((260, 70), (280, 200), (270, 330)):
-        k += 1
-        truth[(yy - cy) ** 2 + (xx - cx) ** 2 <= 50**2] = k
+    truth = small_pairs_and_large_discs()[0]
     clean = ndi.gaussian_filter((truth > 0).astype(np.float32), 1.0)
     return add_noise(clean, gaussian=0.1, seed=seed, value_range=(0.0, 1.0)), truth
 

@@ -146,24 +146,14 @@ def test_two_class_seeds_scale_with_the_objects():
 def test_small_touching_cells_beside_large_ones_keep_their_own_seed_box():
     """One box for the whole image cannot fit both 50 touching pairs of small cells and
     three large discs that hold most of the pixels: each piece gets a box of its own."""
-    yy, xx = np.mgrid[:400, :400]
-    truth = np.zeros((400, 400), np.int32)
-    pairs, k = [], 0
-    for cy in range(15, 160, 30):
-        for cx in range(15, 380, 40):
-            k += 1
-            truth[(yy - cy) ** 2 + (xx - cx) ** 2 <= 7**2] = k
-            k += 1
-            truth[((yy - cy) ** 2 + (xx - cx - 12) ** 2 <= 6**2) & (truth == 0)] = k
-            pairs.append((k - 1, k))
-    big = []
+    from napari_aeseg.core.synthetic import small_pairs_and_large_discs
+
+    truth, pairs, big = small_pairs_and_large_discs()
     rng = np.random.default_rng(0)
-    for cy, cx in ((260, 70), (280, 200), (270, 330)):
-        k += 1
-        disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= 50**2
+    for i in big:  # a rough edge
+        disc = truth == i
         rim = disc & ~ndi.binary_erosion(disc, iterations=3)
-        truth[disc & ~(rim & (rng.random(disc.shape) < 0.4))] = k  # a rough edge
-        big.append(k)
+        truth[rim & (rng.random(disc.shape) < 0.4)] = 0
     mask = truth > 0
     labels = instances_from_probabilities(np.stack([~mask, mask]).astype(np.float32))
     first = {i: np.bincount(labels[truth == i]).argmax() for i in np.unique(truth)[1:]}

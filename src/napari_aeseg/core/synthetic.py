@@ -22,7 +22,7 @@ from scipy import ndimage as ndi
 
 from .errors import InvalidInputError
 
-__all__ = ["SyntheticNuclei", "synthetic_nuclei"]
+__all__ = ["SyntheticNuclei", "small_pairs_and_large_discs", "synthetic_nuclei"]
 
 # Fraction of the image covered by nuclei when ``n_nuclei`` is None.
 _TARGET_FILL = 0.32
@@ -290,3 +290,26 @@ def synthetic_nuclei(
     clean = ndi.gaussian_filter(foreground.astype(np.float32), _EDGE_SIGMA)
     clean = np.clip(clean, 0.0, 1.0).astype(np.float32, copy=False)
     return SyntheticNuclei(clean=clean, labels=labels)
+
+
+def small_pairs_and_large_discs() -> tuple[np.ndarray, list[tuple[int, int]], list[int]]:
+    """Objects of two sizes in one 400 x 400 image: 50 touching pairs of small cells
+    (radius 7 and 6) and 3 large discs (radius 50) that hold most of the object pixels.
+
+    Returns the labels (``uint16``), the id pairs of the touching cells and the ids of the
+    discs: one rule for all objects' seeds cannot fit both sizes.
+    """
+    yy, xx = np.mgrid[:400, :400]
+    labels = np.zeros((400, 400), np.uint16)
+    pairs, discs, k = [], [], 0
+    for cy in range(15, 160, 30):
+        for cx in range(15, 380, 40):
+            labels[(yy - cy) ** 2 + (xx - cx) ** 2 <= 7**2] = k + 1
+            labels[((yy - cy) ** 2 + (xx - cx - 12) ** 2 <= 6**2) & (labels == 0)] = k + 2
+            pairs.append((k + 1, k + 2))
+            k += 2
+    for cy, cx in ((260, 70), (280, 200), (270, 330)):
+        k += 1
+        labels[(yy - cy) ** 2 + (xx - cx) ** 2 <= 50**2] = k
+        discs.append(k)
+    return labels, pairs, discs
