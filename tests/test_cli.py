@@ -555,7 +555,8 @@ def test_segment_a_stack_with_its_voxel_size(tmp_path, capsys):
         prob = tifffile.imread(out / "stack_prob.tif")
         found = np.count_nonzero(np.unique(labels[name].data))
         assert f"stack_labels.tif ({found} objects)" in err
-        assert labels[name].axes == "ZYX" and read_image(out / "stack_prob.tif").axes == "CZYX"
+        assert labels[name].axes == "ZYX" and read_image(out / "stack_prob.tif").axes == "ZCYX"
+        prob = np.moveaxis(prob, 1, 0)  # classes first, as the engine gives them
     np.testing.assert_array_equal(labels["auto"].data, labels["given"].data)
     np.testing.assert_array_equal(
         labels["auto"].data, instances_from_probabilities(prob, spacing=(3, 1, 1))
@@ -564,17 +565,16 @@ def test_segment_a_stack_with_its_voxel_size(tmp_path, capsys):
     assert not np.array_equal(labels["auto"].data, labels["none"].data)
     assert labels["auto"].spacing == pytest.approx({"Z": 0.9, "Y": 0.3, "X": 0.3})
     assert labels["none"].spacing is None
-    # ImageJ hyperstacks with the input's calibration, as Fiji reads them (the 3-class
-    # probabilities, C before Z, are not in ImageJ's axis order: tifffile's own metadata)
-    for name in ("stack_labels.tif", "stack_uncertainty.tif"):
-        with tifffile.TiffFile(tmp_path / "auto" / name) as tif:
-            assert tif.is_imagej and tif.series[0].axes == "ZYX"
+    # ImageJ hyperstacks with the input's calibration, as Fiji reads them (the classes of
+    # the probabilities where ImageJ keeps channels)
+    for name, axes in (("labels", "ZYX"), ("uncertainty", "ZYX"), ("prob", "ZCYX")):
+        with tifffile.TiffFile(tmp_path / "auto" / f"stack_{name}.tif") as tif:
+            assert tif.is_imagej and tif.series[0].axes == axes
             meta = tif.imagej_metadata
             assert meta["spacing"] == pytest.approx(0.9) and meta["unit"] == "micron"
             x_res = tif.pages[0].tags["XResolution"].value
             assert x_res[1] / x_res[0] == pytest.approx(0.3)
-    with tifffile.TiffFile(tmp_path / "auto" / "stack_prob.tif") as tif:
-        assert not tif.is_imagej and tif.series[0].axes == "CZYX"
+
     # an OME-TIFF that gives no Z size: cubic voxels, and the user is told
     xy_only = tmp_path / "xy.ome.tif"
     meta = {"axes": "ZYX", "PhysicalSizeX": 0.3, "PhysicalSizeY": 0.3}

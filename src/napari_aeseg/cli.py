@@ -700,10 +700,16 @@ def _segment(args) -> int:
         # axes of the outputs (a stack of 2D slices, S, has no TIFF axis letter)
         out_axes = layout.sample_axes + layout.spatial_axes
         out_axes = None if "S" in out_axes else out_axes
-        prob_axes = None if out_axes is None else "C" + out_axes
+        # one channel per class, where ImageJ keeps channels (after T and Z): Fiji opens
+        # the probabilities as a calibrated hyperstack
+        probs, prob_axes = result.probabilities, None
+        if out_axes is not None:
+            lead = sum(a in "TZ" for a in out_axes)
+            probs = np.moveaxis(probs, 0, lead)
+            prob_axes = out_axes[:lead] + "C" + out_axes[lead:]
         for suffix, array, array_axes in (
             ("labels", result.labels, out_axes),
-            ("prob", result.probabilities, prob_axes),
+            ("prob", probs, prob_axes),
             ("uncertainty", result.uncertainty, out_axes),
         ):
             write_tiff(f"{stem}_{suffix}.tif", array, axes=array_axes, spacing=space, unit=unit)
