@@ -761,7 +761,7 @@ def test_a_segmenter_trained_on_denoised_images_records_it(files, model_file, ca
     image = str(files / "noisy.tif")
     assert main(["segment", str(seg), image, "--out", str(tmp_path / "raw"), "--quiet"]) == 0
     err = capsys.readouterr().err
-    assert "'den_seg' was trained on images denoised by 'm' and now gets raw ones" in err
+    assert "'den_seg' was trained on images denoised by 'm', and these are not denoised" in err
     denoised = ["--denoise-with", str(model_file), "--quiet"]
     assert main(["segment", str(seg), image, "--out", str(tmp_path / "den"), *denoised]) == 0
     assert "warning" not in capsys.readouterr().err

@@ -589,8 +589,9 @@ def denoising_note(model: SegmenterModel, denoiser_name: str | None) -> str | No
         return None  # not recorded, or alike (a saved denoiser is named by its file)
     if denoiser_name is None:
         return (
-            f"'{model.name}' was trained on images denoised by '{trained}' and now gets raw "
-            "ones: denoise them first with that model (results may be poor)"
+            f"'{model.name}' was trained on images denoised by '{trained}', and these are not "
+            "denoised first: denoise them with that model unless they already are (results "
+            "may be poor)"
         )
     return (
         f"'{model.name}' was trained on images that were not denoised and now gets them "
