@@ -462,6 +462,53 @@ def test_instant_classifier_on_a_3d_stack(qtbot, make_napari_viewer):
     assert "split in space" not in widget.status.text()
 
 
+def test_live_update_of_a_stack_shows_the_plane_on_screen(qtbot, make_napari_viewer):
+    """Live update in a 2D view of a stack predicts the plane on screen only (a fraction of
+    a second, where the stack takes seconds); scrolling shows the next plane, a 3D view or
+    Segment the whole stack. The plane is what the whole run gives for it, split in 2D."""
+    s = synthetic_nuclei((12, 64, 64), seed=5)
+    noisy = add_noise(s.clean, gaussian=0.15, seed=6, value_range=(0.0, 1.0))
+    viewer = make_napari_viewer()
+    viewer.add_image(noisy, name="stack", scale=(2.0, 1.0, 1.0))
+    _, widget = viewer.window.add_plugin_dock_widget("napari-aeseg", "Segment")
+    widget.set_options(image="stack", mode=INSTANT)
+    layer = widget.new_scribble_layer()
+    layer.data = simulated_scribbles(s.labels, fraction=0.02)
+    seg_name, prob_name, _ = output_names("stack")
+    viewer.dims.set_current_step(0, 5)
+    widget.set_options(live=True)  # the stack is fitted, and plane 5 shown
+    qtbot.waitUntil(lambda: "Z plane 5" in widget.status.text(), timeout=60_000)
+    wait_idle(qtbot, widget, timeout=60_000)
+    assert "live preview" in widget.status.text() and "pixels" in widget.status.text()
+    shown = {}
+
+    def only_plane(z):
+        seg = np.array(viewer.layers[seg_name].data)
+        prob = np.array(viewer.layers[prob_name].data)
+        assert set(np.unique(np.nonzero(seg)[0])) == {z}, "only the plane on screen"
+        assert not prob[np.arange(len(prob)) != z].any()
+        shown[z] = seg[z], prob[z]
+
+    only_plane(5)
+    viewer.dims.set_current_step(0, 9)  # scrolling shows the new plane, with no stroke
+    qtbot.waitUntil(lambda: "Z plane 9" in widget.status.text(), timeout=60_000)
+    wait_idle(qtbot, widget, timeout=60_000)
+    only_plane(9)
+
+    viewer.dims.ndisplay = 3  # a 3D view shows the whole stack again
+    qtbot.waitUntil(lambda: "plane" not in widget.status.text(), timeout=60_000)
+    wait_idle(qtbot, widget, timeout=60_000)
+    assert "voxels" in widget.status.text()
+    seg = np.asarray(viewer.layers[seg_name].data)
+    assert np.all(seg.max(axis=(1, 2)) > 0)
+    fg = np.asarray(viewer.layers[prob_name].data)
+    for z, (labels, prob) in shown.items():  # the same forest: the same probabilities
+        np.testing.assert_allclose(prob, fg[z], atol=1e-6)
+        planar = instances_from_probabilities(np.stack([1 - fg[z], fg[z]]), spacing=(1.0, 1.0))
+        assert planar.max() > 2
+        np.testing.assert_array_equal(labels, planar)
+
+
 def test_masks_in_marked_crops_leave_the_rest_unlabeled(qtbot, segment_viewer, cells, two_crops):
     """A few objects painted in two crops, the crops marked with rectangles: the objects
     elsewhere are found, not learned as background."""
@@ -660,6 +707,54 @@ def test_one_rectangle_marks_a_sub_volume_labeled_plane_by_plane():
         "the crops span frame 0 (planes 4-6); labels in frame 2 (planes 4-6) lie outside them "
         "and are not used (mark those crops too)"
     )
+
+
+def test_crops_of_a_stack_are_read_in_the_worker_and_warn_there(
+    qtbot, make_napari_viewer, monkeypatch, shown
+):
+    """Fine-tuning on masks in marked crops of a stack: the crops' mask, which reads every
+    plane (seconds on a large stack), is built off the main thread; labels left outside are
+    still named in a warning, and crops without an object still fail with a message."""
+    import threading
+
+    from napari_aeseg._widgets import segment
+    from napari_aeseg._widgets.segment import MASKS
+
+    s = synthetic_nuclei((10, 48, 48), seed=3)
+    viewer = make_napari_viewer()
+    viewer.add_image(s.clean, name="stack")
+    masks = np.zeros_like(s.labels)
+    masks[2:6, 6:14, 6:14] = 1  # two objects painted in planes 2-5
+    masks[2:6, 16:26, 16:26] = 2
+    masks[8, 30:40, 30:40] = 1  # left outside the crops
+    viewer.add_labels(masks, name="masks")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-aeseg", "Segment")
+    widget.set_options(image="stack", labels="masks", labels_kind=MASKS, **{**TINY_SEG, "steps": 4})
+    threads, warned = [], []
+    build = segment.crops_mask
+
+    def recorded(*args, **kwargs):
+        threads.append(threading.current_thread() is threading.main_thread())
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(segment, "crops_mask", recorded)
+    monkeypatch.setattr(segment, "show_warning", warned.append)
+    crops = widget.mark_crops()
+    crops.add_rectangles([[[3, 4, 4], [3, 4, 27], [3, 27, 27], [3, 27, 4]]])
+    widget.run_button.click()
+    wait_idle(qtbot, widget, timeout=60_000)
+    assert threads == [False], "built once, in the worker"
+    assert [w for w in warned if "crops span" in w] == [
+        "Segment: the crops span planes 2-5; labels in planes 8 lie outside them and are not "
+        "used (mark those crops too)"
+    ]
+    assert "stack segmentation" in viewer.layers and not shown
+    names = [ly.name for ly in viewer.layers]
+    crops.data = [np.array([[8, 2, 2], [8, 2, 12], [8, 12, 12], [8, 12, 2]], float)]
+    widget.run_button.click()
+    wait_idle(qtbot, widget, timeout=60_000)
+    assert len(shown) == 1 and "no object of 'masks' lies in the crops" in shown[0]
+    assert [ly.name for ly in viewer.layers] == names
 
 
 def test_a_sheared_stack_keeps_its_placement_in_scribbles_crops_and_results(
