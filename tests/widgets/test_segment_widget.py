@@ -363,6 +363,10 @@ def test_semantic_classes_then_instances_reuse_the_output_layers(qtbot, segment_
     assert prob.data.shape == (2, *truth.shape)
     np.testing.assert_allclose(prob.scale, (1.0, 0.5, 0.25))
     np.testing.assert_allclose(prob.data.sum(axis=0), 1.0, atol=1e-5)
+    # the slider reads the class values as painted (1, 2), and 2 shows the nuclei' plane
+    assert prob.translate[0] == 1 and tuple(viewer.dims.range[0][:2]) == (1, 2)
+    viewer.dims.set_point(0, 2)
+    assert prob.world_to_data(viewer.dims.point)[0] == 1
     # classes in the scribble colours
     np.testing.assert_allclose(
         seg.colormap.map(2)[:3], viewer.layers["noisy scribbles"].colormap.map(2)[:3]

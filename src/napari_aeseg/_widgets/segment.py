@@ -454,8 +454,9 @@ def label_space(layer: Image, axes: str) -> dict:
 
 
 def with_leading_axis(space: dict, label: str) -> dict:
-    """``space`` for data with one more axis in front (unit scale, no shift)."""
-    first = {"scale": 1.0, "translate": 0.0, "units": "pixel", "axis_labels": label}
+    """``space`` for data with one more axis in front: the classes of a probability stack,
+    placed at 1, 2, ... K so that the viewer's slider reads the class's scribble value."""
+    first = {"scale": 1.0, "translate": 1.0, "units": "pixel", "axis_labels": label}
     n = len(space["scale"])
     out = {}
     for key, values in space.items():
