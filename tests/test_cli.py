@@ -772,3 +772,26 @@ def test_a_segmenter_trained_on_denoised_images_records_it(files, model_file, ca
     assert main(["segment", str(tmp_path / "old.aeseg"), image, "--out", str(tmp_path / "o"),
                  "--quiet"]) == 0  # fmt: skip
     assert "warning" not in capsys.readouterr().err
+
+
+def test_denoised_colour_keeps_its_type_and_stays_a_colour_file(tmp_path, nuclei_2d):
+    """An 8-bit RGB input comes back as 8-bit RGB (rounded and clipped), as in the Denoise
+    widget, not as a float32 three-channel stack that viewers do not show in colour."""
+    clean, noisy, _ = nuclei_2d
+    grey = np.clip(np.asarray(noisy, np.float32)[:64, :64] * 255, 0, 255)
+    rgb = np.stack([grey, 0.5 * grey, 255 - grey], axis=-1).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb")
+    model = tmp_path / "rgb.aeseg"
+    argv = ["train-denoiser", str(tmp_path / "rgb.tif"), "--out", str(model), "--axes", "YXC"]
+    assert main([*argv, *TINY]) == 0
+    out = tmp_path / "den"
+    assert (
+        main(["denoise", str(model), str(tmp_path / "rgb.tif"), "--out", str(out), "--quiet"]) == 0
+    )
+    with tifffile.TiffFile(out / "rgb.tif") as tif:
+        written = tif.asarray()
+        assert tif.pages[0].photometric == tifffile.PHOTOMETRIC.RGB
+    assert written.dtype == np.uint8 and written.shape == rgb.shape
+    floats = load_model(model).denoise(rgb, axes="YXC")
+    np.testing.assert_array_equal(written, np.clip(np.rint(floats), 0, 255).astype(np.uint8))
+    assert floats.dtype == np.float32 and not np.array_equal(floats, np.rint(floats))

@@ -468,7 +468,7 @@ def _output_stems(paths, out_dir: Path, suffixes: tuple[str, ...], also=()) -> l
 
 def _denoise(args) -> int:
     from .core.denoiser import DenoiserModel
-    from .core.image_io import ensure_output_dir, write_tiff
+    from .core.image_io import ensure_output_dir, in_integer_type, write_tiff
 
     stems = _output_stems(args.images, Path(args.out), (".tif",))
     model = DenoiserModel.load(args.model)
@@ -499,6 +499,8 @@ def _denoise(args) -> int:
         # the voxel size the file records goes with the result (segment reads it from there)
         spacing = {a: v for a, v in (f.spacing or {}).items() if a in layout.axes} or None
         unit = getattr(f.spacing, "unit", None)
+        if layout.axes.endswith("C") and f.data.shape[-1] in (3, 4):  # colour: as it came
+            result = in_integer_type(result, f.data.dtype)
         target = write_tiff(f"{stem}.tif", result, axes=layout.axes, spacing=spacing, unit=unit)
         if not args.quiet:
             print(f"wrote {target}", file=sys.stderr)

@@ -33,6 +33,7 @@ from ..core.data import check_axes_match
 from ..core.denoiser import DenoiserModel
 from ..core.devices import describe_device, resolve_device
 from ..core.errors import AesegError, InvalidInputError
+from ..core.image_io import in_integer_type
 from ..core.training import (
     DEFAULT_BATCH_2D,
     DEFAULT_BATCH_3D,
@@ -212,11 +213,7 @@ def preview_region(layer: Image, data, axes: str, viewer) -> PreviewRegion:
 
 def as_display(image: np.ndarray, display: dict) -> np.ndarray:
     """RGB results go back to the input's integer type so they display like the input."""
-    dtype = np.dtype(display["dtype"])
-    if display["rgb"] and dtype.kind in "ui":
-        info = np.iinfo(dtype)
-        return np.clip(np.rint(image), info.min, info.max).astype(dtype)
-    return image
+    return in_integer_type(image, display["dtype"]) if display["rgb"] else image
 
 
 def show_result_layer(viewer, name: str, image: np.ndarray, metadata: dict, display: dict):

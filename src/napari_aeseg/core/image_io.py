@@ -321,6 +321,16 @@ def _tiff_axes(axes: str, ndim: int) -> str | None:
     return mapped
 
 
+def in_integer_type(image: np.ndarray, dtype) -> np.ndarray:
+    """``image`` rounded and clipped into the integer ``dtype`` (other dtypes: unchanged).
+    Denoised RGB(A) goes back to its input's type, so that it shows and saves as colour."""
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "ui":
+        return image
+    info = np.iinfo(dtype)
+    return np.clip(np.rint(image), info.min, info.max).astype(dtype)
+
+
 def write_tiff(
     path: str | os.PathLike,
     data: np.ndarray,
