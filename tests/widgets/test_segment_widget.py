@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from napari.layers import Image, Labels
 
-from napari_aeseg._widgets.segment import FINE_TUNE, INSTANT, output_names
+from napari_aeseg._widgets.segment import FINE_TUNE, INSTANT, LIVE_DELAY_MS, output_names
 from napari_aeseg.core.errors import InvalidInputError
 from napari_aeseg.core.metrics import score_instances, score_semantic
 from napari_aeseg.core.noise import add_noise
@@ -468,8 +468,9 @@ def test_instant_classifier_on_a_3d_stack(qtbot, make_napari_viewer):
 
 def test_live_update_of_a_stack_shows_the_plane_on_screen(qtbot, make_napari_viewer):
     """Live update in a 2D view of a stack predicts the plane on screen only (a fraction of
-    a second, where the stack takes seconds); scrolling shows the next plane, a 3D view or
-    Segment the whole stack. The plane is what the whole run gives for it, split in 2D."""
+    a second, where the stack takes seconds); scrolling shows the next plane, the planes
+    seen before stay; a 3D view or Segment does the whole stack. The plane is what the whole
+    run gives for it, split in 2D."""
     s = synthetic_nuclei((12, 64, 64), seed=5)
     noisy = add_noise(s.clean, gaussian=0.15, seed=6, value_range=(0.0, 1.0))
     viewer = make_napari_viewer()
@@ -483,21 +484,29 @@ def test_live_update_of_a_stack_shows_the_plane_on_screen(qtbot, make_napari_vie
     widget.set_options(live=True)  # the stack is fitted, and plane 5 shown
     qtbot.waitUntil(lambda: "Z plane 5" in widget.status.text(), timeout=60_000)
     wait_idle(qtbot, widget, timeout=60_000)
-    assert "live preview" in widget.status.text() and "pixels" in widget.status.text()
+    status = widget.status.text()
+    assert "live preview" in status and "pixels" in status and "split in space" not in status
     shown = {}
 
-    def only_plane(z):
+    def planes(z, expected):
         seg = np.array(viewer.layers[seg_name].data)
         prob = np.array(viewer.layers[prob_name].data)
-        assert set(np.unique(np.nonzero(seg)[0])) == {z}, "only the plane on screen"
-        assert not prob[np.arange(len(prob)) != z].any()
+        assert set(np.unique(np.nonzero(seg)[0])) == expected
+        assert set(np.unique(np.nonzero(prob)[0])) == expected
         shown[z] = seg[z], prob[z]
 
-    only_plane(5)
+    planes(5, {5})
     viewer.dims.set_current_step(0, 9)  # scrolling shows the new plane, with no stroke
     qtbot.waitUntil(lambda: "Z plane 9" in widget.status.text(), timeout=60_000)
     wait_idle(qtbot, widget, timeout=60_000)
-    only_plane(9)
+    planes(9, {5, 9})  # plane 5 as it was
+    np.testing.assert_array_equal(viewer.layers[seg_name].data[5], shown[5][0])
+    assert not set(np.unique(shown[9][0])[1:]) & set(np.unique(shown[5][0])[1:]), "ids unique"
+
+    viewer.dims.order = (1, 0, 2)  # an XZ view: the Y plane on screen
+    qtbot.waitUntil(lambda: "Y plane" in widget.status.text(), timeout=60_000)
+    wait_idle(qtbot, widget, timeout=60_000)
+    viewer.dims.order = (0, 1, 2)
 
     viewer.dims.ndisplay = 3  # a 3D view shows the whole stack again
     qtbot.waitUntil(lambda: "plane" not in widget.status.text(), timeout=60_000)
@@ -506,11 +515,54 @@ def test_live_update_of_a_stack_shows_the_plane_on_screen(qtbot, make_napari_vie
     seg = np.asarray(viewer.layers[seg_name].data)
     assert np.all(seg.max(axis=(1, 2)) > 0)
     fg = np.asarray(viewer.layers[prob_name].data)
+    min_size = round(widget.min_size.value() ** (2 / 3))  # a voxel count, for a plane
     for z, (labels, prob) in shown.items():  # the same forest: the same probabilities
         np.testing.assert_allclose(prob, fg[z], atol=1e-6)
-        planar = instances_from_probabilities(np.stack([1 - fg[z], fg[z]]), spacing=(1.0, 1.0))
+        planar = instances_from_probabilities(
+            np.stack([1 - fg[z], fg[z]]), spacing=(1.0, 1.0), min_size=min_size
+        )
         assert planar.max() > 2
-        np.testing.assert_array_equal(labels, planar)
+        low = int(labels[labels > 0].min())
+        np.testing.assert_array_equal(np.where(labels > 0, labels - (low - 1), 0), planar)
+
+    # Segment right after a scroll: the live update then due does not replace its result
+    viewer.dims.ndisplay = 2
+    wait_idle(qtbot, widget, timeout=60_000)
+    viewer.dims.set_current_step(0, 3)
+    widget.run_button.click()
+    wait_idle(qtbot, widget, timeout=60_000)
+    qtbot.wait(2 * LIVE_DELAY_MS)
+    wait_idle(qtbot, widget, timeout=60_000)
+    assert "plane" not in widget.status.text()
+    assert np.all(np.asarray(viewer.layers[seg_name].data).max(axis=(1, 2)) > 0)
+
+    # the image removed: scrolling runs nothing on whatever the image list falls back to
+    names = [ly.name for ly in viewer.layers if ly.name != "stack"]
+    viewer.layers.remove("stack")
+    viewer.dims.set_current_step(0, 6)
+    qtbot.wait(3 * LIVE_DELAY_MS)
+    wait_idle(qtbot, widget, timeout=60_000)
+    assert [ly.name for ly in viewer.layers] == names
+
+
+def test_semantic_classes_of_a_channel_image_share_its_channel_axis(qtbot, make_napari_viewer):
+    """Classes in front of the spatial axes sit at 1..K (the slider reads the values
+    painted), except where the image's channels hold that world axis: there they stay at
+    0..K-1, level with the channels."""
+    s = synthetic_nuclei((64, 64), seed=2)
+    two = np.stack([s.clean, 1 - s.clean]).astype(np.float32)
+    viewer = make_napari_viewer()
+    viewer.add_image(two, name="two")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-aeseg", "Segment")
+    widget.set_options(image="two", mode=INSTANT, target="semantic")
+    widget.axes_edit.setText("CYX")
+    layer = widget.new_scribble_layer()
+    layer.data = simulated_scribbles(s.labels, fraction=0.05)
+    widget.run_button.click()
+    wait_idle(qtbot, widget, timeout=60_000)
+    prob = viewer.layers[output_names("two")[1]]
+    assert prob.data.shape == (2, 64, 64) and prob.translate[0] == 0
+    assert tuple(viewer.dims.range[0][:2]) == (0, 1)
 
 
 def test_masks_in_marked_crops_leave_the_rest_unlabeled(qtbot, segment_viewer, cells, two_crops):

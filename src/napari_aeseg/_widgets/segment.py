@@ -324,6 +324,9 @@ class SegmentJob(WorkerJob):
                 if spacing is not None:
                     spacing = tuple(v for a, v in enumerate(spacing) if a != axis)
                 truth = None  # scored on the whole stack only
+                # a size in voxels, as the area of a cube's face: a cut through an object
+                # of the smallest size kept in 3D is kept in the plane
+                min_size = round(min_size ** (2 / 3))
             probs = classifier.predict_proba(shown)
             if target == "instances":
                 # background and objects: scribbles 1 and 2 (values above 2 are refused)
@@ -453,10 +456,9 @@ def label_space(layer: Image, axes: str) -> dict:
     return space
 
 
-def with_leading_axis(space: dict, label: str) -> dict:
-    """``space`` for data with one more axis in front: the classes of a probability stack,
-    placed at 1, 2, ... K so that the viewer's slider reads the class's scribble value."""
-    first = {"scale": 1.0, "translate": 1.0, "units": "pixel", "axis_labels": label}
+def with_leading_axis(space: dict, label: str, start: float = 0.0) -> dict:
+    """``space`` for data with one more axis in front (unit scale, from ``start``)."""
+    first = {"scale": 1.0, "translate": start, "units": "pixel", "axis_labels": label}
     n = len(space["scale"])
     out = {}
     for key, values in space.items():
@@ -505,10 +507,31 @@ def _put(viewer, kind, name: str, data: np.ndarray, space: dict, **display):
     return add_output(viewer, make(data, name=name, **space, **display), name, index)
 
 
-def _on_plane(data: np.ndarray, shape: tuple, axis: int, index: int) -> np.ndarray:
-    """An array of ``shape``, zero except ``data`` at ``index`` along ``axis``."""
-    full = np.zeros(shape, data.dtype)
-    full[(slice(None),) * axis + (index,)] = data
+def _existing_data(viewer, kind, name: str, shape: tuple):
+    """The data of output layer ``name`` when it is a ``kind`` of ``shape``, else None."""
+    existing = output_layer(viewer, name)
+    if isinstance(existing, kind) and existing.data.shape == shape:
+        return existing.data
+    return None
+
+
+def _with_slice(base, data, axis: int, index: int, shape: tuple, dtype, *, unique_ids=False):
+    """A copy of ``base`` (zeros of ``shape`` when None) with ``data`` at ``index`` along
+    ``axis``. With ``unique_ids`` (instance labels) the ids of ``data`` are shifted above
+    those of the rest, so that an id names one object in the whole array."""
+    if base is not None:
+        full = np.array(base, dtype=np.result_type(base.dtype, dtype))
+    else:
+        full = np.zeros(shape, dtype)
+    where = (slice(None),) * axis + (index,)
+    if unique_ids:
+        full[where] = 0
+        offset = int(full.max())
+        top = offset + int(data.max(initial=0))
+        if top > np.iinfo(full.dtype).max:
+            full = full.astype(np.uint32 if top <= np.iinfo(np.uint32).max else np.uint64)
+        data = np.where(data > 0, data.astype(full.dtype) + offset, 0)
+    full[where] = data
     return full
 
 
@@ -528,28 +551,19 @@ def _axis_aligned(layer) -> bool:
 def _in_frame(
     viewer, kind, name, frame_data, frame, t_index, full_shape, dtype, *, unique_ids=False
 ):
-    """The full array of layer ``name`` with frame ``frame`` (on axis ``t_index``) replaced.
+    """The full array of layer ``name`` with frame ``frame`` (on axis ``t_index``) replaced
+    (object ids unique in the whole series with ``unique_ids``)."""
+    base = _existing_data(viewer, kind, name, full_shape)
+    return _with_slice(base, frame_data, t_index, frame, full_shape, dtype, unique_ids=unique_ids)
 
-    With ``unique_ids`` (instance labels) the frame's object ids are shifted above those of
-    the other frames, so that an id names one object in the whole series, not one per frame.
-    """
-    existing = output_layer(viewer, name)
-    if isinstance(existing, kind) and existing.data.shape == full_shape:
-        full = np.array(existing.data, dtype=np.result_type(existing.data.dtype, dtype))
-    else:
-        full = np.zeros(full_shape, dtype)
-    index = [slice(None)] * len(full_shape)
-    index[t_index] = frame
-    index = tuple(index)
-    if unique_ids:
-        full[index] = 0
-        offset = int(full.max())
-        top = offset + int(frame_data.max(initial=0))
-        if top > np.iinfo(full.dtype).max:
-            full = full.astype(np.uint32 if top <= np.iinfo(np.uint32).max else np.uint64)
-        frame_data = np.where(frame_data > 0, frame_data.astype(full.dtype) + offset, 0)
-    full[index] = frame_data
-    return full
+
+def _from_one(ids: np.ndarray) -> np.ndarray:
+    """Object ids moved down so that the smallest is 1 (a frame's ids, before they are
+    shifted above the other frames' again)."""
+    if not ids.any():
+        return ids
+    low = int(ids[ids > 0].min())
+    return np.where(ids > 0, ids - (low - 1), 0).astype(ids.dtype) if low > 1 else ids
 
 
 class LabelsLayerCombo(_FollowsLayers, QComboBox):
@@ -622,6 +636,8 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         self._quiet = False
         #: (frame, plane) of the live preview on screen, None when the last result was whole
         self._preview: tuple | None = None
+        self._crops_warned: str | None = None  # the last warning about labels outside crops
+        self._channel_axis = False  # the image's channels are a world axis (not RGB)
         self._last_status = 0.0
         self._build()
         self._live_timer = QTimer(self)
@@ -639,9 +655,9 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         self.destroyed.connect(lambda *_: live.unfollow())
         # a live preview of one plane follows the plane on screen
         dims = self.viewer.dims
-        dims.events.current_step.connect(self._on_view_changed)
-        dims.events.ndisplay.connect(self._on_view_changed)
-        self._dims_events = (dims.events.current_step, dims.events.ndisplay)
+        self._dims_events = (dims.events.current_step, dims.events.ndisplay, dims.events.order)
+        for event in self._dims_events:
+            event.connect(self._on_view_changed)
         events, on_view = self._dims_events, self._on_view_changed
         self.destroyed.connect(lambda *_: [event.disconnect(on_view) for event in events])
         self._job_ref = job_ref
@@ -1174,6 +1190,7 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         self._features = {}
         self._samples = {}
         self._feature_generation += 1
+        self._preview = None  # of another image (or axes): scrolling must not run on this one
 
     def _keep_features(self, result: Segmented) -> None:
         """Cache the shown frame's features (the least recently shown dropped beyond a memory
@@ -1281,6 +1298,9 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         """Train & segment (or refit the classifier) on the chosen layers."""
         if self._running:
             return
+        if not quiet:  # Segment: a live update due now would replace its result by a plane
+            self._live_timer.stop()
+            self._live_pending = False
         self._quiet = quiet  # a live update (one plane of a stack)
         try:
             job_args = self._prepare()
@@ -1350,13 +1370,15 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         self._job_ref[0] = self._job
         names = output_names(image.name)
         space = label_space(image, axes)
+        self._channel_axis = not image.rgb and "C" in axes and len(axes) == image.ndim
         self._target = (names, space, target, tuple(labels.shape), axes)
         self.metrics.setText("")
         if self.instant:  # the classifier steps through frames here: the mask is needed now
             if crops is not None:
                 region, left_out = checked_crops(crops, labels, axes, labels_layer.name)
-                if left_out:
-                    show_warning(f"Segment: {left_out}")
+                if left_out and (not self._quiet or left_out != self._crops_warned):
+                    show_warning(f"Segment: {left_out}")  # live: once, not every stroke
+                self._crops_warned = left_out
             return self._prepare_instant(
                 image, data, labels, truth, axes, encoder, denoiser, device, target, masks, region
             )
@@ -1653,14 +1675,29 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         labels, prob, unc = result.labels, result.probability, result.uncertainty
         t = [a for a in axes if a != "C"].index(_frame_axis(axes)) if frame is not None else None
         self._preview = None
-        if result.plane is not None:  # one plane of the stack; the rest is left empty
+        if result.plane is not None:  # one plane: the other planes keep what they show
             axis, index = result.plane
             spatial = full_shape if t is None else full_shape[:t] + full_shape[t + 1 :]
             lead = prob.ndim - unc.ndim  # the class axis of semantic probabilities
-            labels = _on_plane(labels, spatial, axis, index)
-            prob = _on_plane(prob, prob.shape[:lead] + spatial, lead + axis, index)
-            unc = _on_plane(unc, spatial, axis, index)
-            self._preview = (frame, result.plane)
+
+            def planed(kind, name, data, k, ids=False):
+                """The frame's array with this plane; ``k`` axes (classes) in front."""
+                shape = data.shape[:k] + spatial
+                if t is None:
+                    base = _existing_data(self.viewer, kind, name, shape)
+                else:
+                    whole = shape[: k + t] + (full_shape[t],) + shape[k + t :]
+                    base = _existing_data(self.viewer, kind, name, whole)
+                    if base is not None:
+                        base = np.take(base, frame, axis=k + t)
+                        base = _from_one(base) if ids else base
+                return _with_slice(base, data, k + axis, index, shape, data.dtype, unique_ids=ids)
+
+            labels = planed(Labels, names[0], labels, 0, target == "instances")
+            prob = planed(Image, names[1], prob, lead)
+            unc = planed(Image, names[2], unc, 0)
+            if self._run_generation == self._feature_generation:
+                self._preview = (frame, result.plane)
         if frame is not None:
             labels = _in_frame(
                 self.viewer,
@@ -1687,7 +1724,10 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
             unc = _in_frame(self.viewer, Image, names[2], unc, frame, t, full_shape, np.float32)
         prob_space = space
         if prob.ndim > len(space["scale"]):  # one plane per class in front
-            prob_space = with_leading_axis(space, "class")
+            # classes at 1..K, so that the slider reads the values painted; but where the
+            # image has channels on a world axis the classes share it, and stay at 0..K-1
+            start = 0.0 if self._channel_axis else 1.0
+            prob_space = with_leading_axis(space, "class", start)
         _put(
             self.viewer,
             Image,
@@ -1726,8 +1766,14 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
             unit = "voxels" if "Z" in axes and result.plane is None else "pixels"
             what += f" (median {int(np.median(sizes))} {unit})"
             spacing = self._spacing
+            if result.plane is not None and spacing is not None:  # split in the plane
+                spacing = tuple(v for a, v in enumerate(spacing) if a != result.plane[0])
             if spacing is not None and relative_spacing(spacing, len(spacing)) is not None:
-                spatial = "ZYX"[-len(spacing) :]
+                spatial = [a for a in axes if a in "ZYX"]
+                if result.plane is not None:
+                    del spatial[result.plane[0]]
+                if len(spatial) != len(spacing):
+                    spatial = list("ZYX"[-len(spacing) :])
                 sizes_text = ", ".join(f"{a} {v:g}" for a, v in zip(spatial, spacing, strict=True))
                 what += f", split in space (voxel size {sizes_text})"
         where = f" in frame {frame}" if frame is not None else ""
