@@ -665,3 +665,32 @@ def test_instances_of_a_movie_have_ids_unique_across_frames(nuclei_2d, denoiser,
     assert movie.dtype == one.dtype == np.uint16
     np.testing.assert_array_equal(movie[0], one)
     np.testing.assert_array_equal(movie[1], np.where(one > 0, one + n, 0))
+
+
+def test_classic_features_are_scikit_images_with_3d_eigenvalues_in_closed_form():
+    """The same features as ``multiscale_basic_features`` in 2D and 3D (the 3D Hessian's
+    eigenvalues come from a formula, not LAPACK), and the formula right on hard cases."""
+    from skimage.feature import multiscale_basic_features
+
+    from napari_aeseg.core.features import hessian_eigenvalues
+
+    rng = np.random.default_rng(0)
+    for shape, axes in (((12, 20, 24), "ZYX"), ((40, 36), "YX")):
+        image = rng.random(shape).astype(np.float32)
+        ours = classic_features(image, axes=axes)
+        lo, hi = np.percentile(image, (0.5, 99.5))
+        ref = multiscale_basic_features((image - lo) / (hi - lo), sigma_min=1, sigma_max=16)
+        assert ours.shape == (ref.shape[-1], *shape) and ours.dtype == np.float32
+        np.testing.assert_allclose(ours, np.moveaxis(ref, -1, 0), atol=2e-6)
+    # random, repeated, zero and diagonal matrices, against LAPACK, largest first
+    m = rng.normal(size=(500, 3, 3))
+    m = m + m.transpose(0, 2, 1)
+    m[:50] = np.eye(3) * rng.normal(size=(50, 1, 1))  # three equal eigenvalues
+    m[50:60] = 0
+    m[60:100] = np.diag([2.0, 2.0, -1.0])  # two equal
+    v = rng.normal(size=(100, 3))
+    m[100:200] = np.einsum("ni,nj->nij", v, v)  # rank one
+    upper = [m[:, i, j] for i, j in ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2))]
+    got = np.stack(hessian_eigenvalues(upper, block=64), axis=1)
+    want = np.linalg.eigvalsh(m)[:, ::-1]
+    np.testing.assert_allclose(got, want, atol=1e-6 * np.abs(want).max())

@@ -118,21 +118,73 @@ def encoder_features(
 
 
 def classic_features(image: np.ndarray, *, axes: str = "YX") -> np.ndarray:
-    """ilastik-style features ``(F, *spatial)``: intensity, edges and texture at 1-16 px."""
-    from skimage.feature import multiscale_basic_features
+    """ilastik-style features ``(F, *spatial)``: intensity, edges and texture at 1-16 px.
 
+    The features of scikit-image's ``multiscale_basic_features`` (Gaussian, Sobel of it, and
+    the Hessian's eigenvalues, largest first, at sigma 1, 2, 4, 8, 16), computed the same
+    way, except that the eigenvalues of 3D Hessians come from a closed formula: scikit-image
+    solves 3.9 million 3 x 3 problems per scale with LAPACK, which took 15.7 of the 18.7 s of
+    a 60 x 256 x 256 stack here.
+    """
     image = check_image(image)
     layout = Layout(check_axes_match(image.shape, axes), image.shape)
     x = layout.to_internal(image)[0].astype(np.float32)
     lo, hi = np.percentile(x, (0.5, 99.5))
     x = (x - lo) / max(hi - lo, 1e-6)
-    feats = [
-        multiscale_basic_features(
-            x[c], intensity=True, edges=True, texture=True, sigma_min=1, sigma_max=16
-        )
-        for c in range(x.shape[0])
-    ]
-    return np.moveaxis(np.concatenate(feats, axis=-1), -1, 0).astype(np.float32)
+    feats = [f for c in range(x.shape[0]) for f in _basic_features(np.ascontiguousarray(x[c]))]
+    return np.stack(feats).astype(np.float32, copy=False)
+
+
+#: the scales of :func:`classic_features` (pixels)
+CLASSIC_SIGMAS = (1.0, 2.0, 4.0, 8.0, 16.0)
+
+
+def _basic_features(image: np.ndarray) -> list[np.ndarray]:
+    """Per scale: the Gaussian, its Sobel magnitude, the Hessian's eigenvalues (largest
+    first), as ``skimage.feature.multiscale_basic_features``; scales in threads."""
+    from concurrent.futures import ThreadPoolExecutor
+    from itertools import combinations_with_replacement
+
+    from skimage import filters
+
+    def one_scale(sigma: float) -> list[np.ndarray]:
+        smooth = filters.gaussian(image, sigma=sigma, preserve_range=False)
+        gradient = np.gradient(smooth)
+        hessian = [
+            np.gradient(gradient[a], axis=b)
+            for a, b in combinations_with_replacement(range(smooth.ndim), 2)
+        ]
+        return [smooth, filters.sobel(smooth), *hessian_eigenvalues(hessian)]
+
+    with ThreadPoolExecutor() as pool:
+        return [f for scale in pool.map(one_scale, CLASSIC_SIGMAS) for f in scale]
+
+
+def hessian_eigenvalues(elements: list[np.ndarray], block: int = 1 << 20) -> list[np.ndarray]:
+    """Eigenvalues, largest first, of symmetric matrices given by their upper-triangle
+    elements (row by row: 3 in 2D, 6 in 3D), as ``skimage.feature.hessian_matrix_eigvals``.
+    3 x 3: the trigonometric solution of the characteristic cubic (Smith 1961), in float64
+    and in blocks of ``block`` voxels."""
+    if len(elements) != 6:
+        from skimage.feature import hessian_matrix_eigvals
+
+        return list(hessian_matrix_eigvals(elements))
+    shape, dtype = elements[0].shape, elements[0].dtype
+    flat = [np.ravel(e) for e in elements]
+    out = np.empty((3, flat[0].size), dtype)
+    for start in range(0, flat[0].size, block):
+        a, b, c, d, e, f = (v[start : start + block].astype(np.float64) for v in flat)
+        q = (a + d + f) / 3  # [[a, b, c], [b, d, e], [c, e, f]] = q I + p B
+        off = b * b + c * c + e * e
+        p = np.sqrt(((a - q) ** 2 + (d - q) ** 2 + (f - q) ** 2 + 2 * off) / 6)
+        s = np.where(p > 0, p, 1.0)
+        a, d, f, b, c, e = (a - q) / s, (d - q) / s, (f - q) / s, b / s, c / s, e / s
+        half_det = (a * (d * f - e * e) - b * (b * f - e * c) + c * (b * e - d * c)) / 2
+        phi = np.arccos(np.clip(half_det, -1.0, 1.0)) / 3
+        top = q + 2 * p * np.cos(phi)
+        low = q + 2 * p * np.cos(phi + 2 * np.pi / 3)
+        out[:, start : start + block] = (top, 3 * q - top - low, low)
+    return list(out.reshape(3, *shape))
 
 
 @dataclass
