@@ -565,6 +565,45 @@ def test_semantic_classes_of_a_channel_image_share_its_channel_axis(qtbot, make_
     assert tuple(viewer.dims.range[0][:2]) == (0, 1)
 
 
+def test_channels_behind_z_are_moved_to_the_front_for_labels_to_line_up(
+    qtbot, make_napari_viewer, shown
+):
+    """A ZCYX stack (an ImageJ hyperstack's order): labels (ZYX) would line up with its last
+    axes, C, Y and X. The widget says so instead of painting off the image, and 'Channels
+    first' adds a CZYX view whose labels and results sit on its planes."""
+    s = synthetic_nuclei((6, 40, 40), seed=4)
+    zcyx = np.stack([s.clean, 1 - s.clean], axis=1).astype(np.float32)
+    viewer = make_napari_viewer()
+    image = viewer.add_image(zcyx, name="hyper", scale=(2.0, 1.0, 0.5, 0.5), units="µm")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-aeseg", "Segment")
+    widget.set_options(image="hyper", mode=INSTANT)
+    widget.axes_edit.setText("ZCYX")
+    widget._on_axes_changed()
+    assert widget.channels_first_button.isVisibleTo(widget)
+    assert widget.new_scribble_layer() is None
+    assert len(shown) == 1 and "lie behind its Z axis (ZCYX)" in shown[0]
+
+    view = widget.channels_first()
+    assert view.data.shape == (2, 6, 40, 40) and np.shares_memory(view.data, zcyx)
+    np.testing.assert_allclose(view.scale, (1.0, 2.0, 0.5, 0.5))
+    assert not image.visible
+    assert widget.image_combo.currentText() == view.name == "hyper (channels first)"
+    assert widget.axes_edit.text() == "CZYX"
+    assert not widget.channels_first_button.isVisibleTo(widget)
+    layer = widget.new_scribble_layer()
+    assert layer.data.shape == (6, 40, 40)
+    # a voxel of the labels is the same place in the world as that voxel of the view
+    np.testing.assert_allclose(
+        layer.data_to_world((3, 10, 20)), view.data_to_world((1, 3, 10, 20))[1:]
+    )
+    layer.data = simulated_scribbles(s.labels, fraction=0.03)
+    widget.run_button.click()
+    wait_idle(qtbot, widget, timeout=60_000)
+    seg = viewer.layers[output_names(view.name)[0]]
+    assert seg.data.shape == (6, 40, 40)
+    assert score_instances(s.labels, np.asarray(seg.data)).pixel_iou > 0.6
+
+
 def test_masks_in_marked_crops_leave_the_rest_unlabeled(qtbot, segment_viewer, cells, two_crops):
     """A few objects painted in two crops, the crops marked with rectangles: the objects
     elsewhere are found, not learned as background."""

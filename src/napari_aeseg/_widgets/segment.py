@@ -414,6 +414,39 @@ def labels_shape(layer: Image, axes: str) -> tuple[int, ...]:
     return shape[:-1] if layer.rgb else shape
 
 
+def buried_channels(layer, axes: str) -> int | None:
+    """The axis of ``layer``'s channels when they are a world axis behind another (ZCYX,
+    TCYX): labels (ZYX) line up with a layer's last axes, so they would sit on C, Y, X."""
+    axes = (axes or "").upper()
+    if layer.rgb or "C" not in axes or len(axes) != layer.ndim or axes.index("C") == 0:
+        return None
+    return axes.index("C")
+
+
+def buried_channels_note(layer, axes: str) -> str | None:
+    """What to do about :func:`buried_channels`, or None."""
+    c = buried_channels(layer, axes)
+    if c is None:
+        return None
+    front = axes[c] + axes[:c] + axes[c + 1 :]
+    return (
+        f"the channels of '{layer.name}' lie behind its {axes[:c]} axis ({axes}); napari lines "
+        "up layers by their last axes, so labels would sit on its channels: press 'Channels "
+        f"first' for a view of it as {front}, or split its channels (Layers > Convert > Split "
+        "Stack)"
+    )
+
+
+def _linear_parts(layer) -> list[np.ndarray]:
+    """The rotation, the shear and the affine's linear part of ``layer``, as matrices."""
+    n = layer.ndim
+    return [
+        np.asarray(layer.rotate, float),
+        _shear_matrix(layer.shear, n),
+        np.asarray(layer.affine.linear_matrix, float),
+    ]
+
+
 #: the parts of a layer's placement in the world that are matrices, not one value per axis
 _MATRICES = ("rotate", "shear", "affine")
 
@@ -689,7 +722,13 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
             "fine-tuning learns from all frames and segments them all."
         )
         self.axes_edit.textEdited.connect(lambda *_: self._on_axes_changed())
-        form.addRow("Axes", self.axes_edit)
+        self.channels_first_button = QPushButton("Channels first")
+        self.channels_first_button.setToolTip(
+            "Add a view of the image with its channels in front (no copy): napari lines up "
+            "layers by their last axes, so labels of a ZCYX image would sit on its channels"
+        )
+        self.channels_first_button.clicked.connect(lambda: self.channels_first())
+        form.addRow("Axes", row_widget((self.axes_edit, 1), self.channels_first_button))
 
         self.labels_combo = LabelsLayerCombo(self.viewer, exclude=is_output)
         self.labels_combo.setToolTip("The scribbles or instance masks to learn from")
@@ -1045,6 +1084,10 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         )
         self.run_button.setToolTip(self._run_tip(frames))
         self.patch_size_z.setEnabled("Z" in self.axes_edit.text().strip().upper())
+        image = self.image_combo.layer()
+        self.channels_first_button.setVisible(
+            image is not None and buried_channels(image, axes) is not None
+        )
         self._show_layer_scale()
         self._update_buttons()
 
@@ -1233,10 +1276,55 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
             return None, ""
         return image, self.axes_edit.text().strip().upper()
 
+    def _channels_in_front(self, image, axes: str) -> bool:
+        """False, with a message, when the image's channels lie behind another axis."""
+        note = buried_channels_note(image, axes)
+        if note:
+            self.status.setText(f"Not started: {note}")
+            show_error(note)
+        return not note
+
+    def channels_first(self) -> Image | None:
+        """Add a view of the chosen image with its channels in front, hide the image, and
+        choose the view: its labels and results then line up with it."""
+        image, axes = self._image_and_axes()
+        if image is None:
+            return None
+        c = buried_channels(image, axes)
+        if c is None:
+            return None
+        if any(not np.allclose(m, np.eye(len(m))) for m in _linear_parts(image)):
+            show_error(
+                f"'{image.name}' is rotated or sheared: move its channels to the front "
+                "before placing it (napari: Layers > Convert > Split Stack also works)"
+            )
+            return None
+        order = [c, *(i for i in range(image.ndim) if i != c)]
+        data = [np.moveaxis(d, c, 0) for d in image.data] if image.multiscale else None
+        meta = spatial_metadata(image)
+        view = Image(
+            data if data is not None else np.moveaxis(image.data, c, 0),
+            multiscale=image.multiscale,
+            name=f"{image.name} (channels first)",
+            scale=[meta["scale"][i] for i in order],
+            translate=[meta["translate"][i] for i in order],
+            **{k: [meta[k][i] for i in order] for k in ("units", "axis_labels") if k in meta},
+            colormap=image.colormap,
+            contrast_limits=image.contrast_limits,
+            blending=image.blending,
+        )
+        image.visible = False  # its axes now mean other things on the same sliders
+        self.viewer.layers.append(view)
+        self.image_combo.setCurrentText(view.name)
+        self.axes_edit.setText(axes[c] + axes[:c] + axes[c + 1 :])
+        self._on_axes_changed()
+        self.status.setText(f"Added '{view.name}': segment this one.")
+        return view
+
     def new_scribble_layer(self) -> Labels | None:
         """Add an empty Labels layer over the image, ready to paint foreground (label 2)."""
         image, axes = self._image_and_axes()
-        if image is None:
+        if image is None or not self._channels_in_front(image, axes):
             return None
         layer = self.viewer.add_labels(
             np.zeros(labels_shape(image, axes), np.uint8),
@@ -1257,7 +1345,7 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
     def mark_crops(self) -> Shapes | None:
         """Add a Shapes layer over the image for rectangles around the labeled crops."""
         image, axes = self._image_and_axes()
-        if image is None:
+        if image is None or not self._channels_in_front(image, axes):
             return None
         space = label_space(image, axes)
         layer = self.viewer.add_shapes(
@@ -1338,6 +1426,9 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         axes = check_axes_match(
             tuple(data.shape), self.axes_edit.text().strip().upper() or guess_layer_axes(image)
         )
+        note = buried_channels_note(image, axes)
+        if note:
+            raise InvalidInputError(note)
         want = labels_shape(image, axes)
         labels = np.array(labels_layer.data)  # a copy: the user may paint on while we work
         if labels.shape != want:
