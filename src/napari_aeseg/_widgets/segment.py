@@ -548,15 +548,27 @@ def _existing_data(viewer, kind, name: str, shape: tuple):
     return None
 
 
-def _with_slice(base, data, axis: int, index: int, shape: tuple, dtype, *, unique_ids=False):
-    """A copy of ``base`` (zeros of ``shape`` when None) with ``data`` at ``index`` along
-    ``axis``. With ``unique_ids`` (instance labels) the ids of ``data`` are shifted above
-    those of the rest, so that an id names one object in the whole array."""
-    if base is not None:
+def _with_slice(
+    base, data, axis: int, index: int, shape: tuple, dtype, *, unique_ids=False, inplace=False
+):
+    """``base`` (zeros of ``shape`` when None) with ``data`` at ``index`` along ``axis``: a
+    copy, or with ``inplace`` ``base`` itself where it can hold ``data`` (a live preview of
+    one plane then writes one plane, not the whole stack). With ``unique_ids`` (instance
+    labels) the ids of ``data`` are shifted above those of the rest, so that an id names one
+    object in the whole array."""
+    where = (slice(None),) * axis + (index,)
+    own = (
+        inplace
+        and isinstance(base, np.ndarray)
+        and base.flags.writeable
+        and np.can_cast(dtype, base.dtype)
+    )
+    if own:
+        full = base
+    elif base is not None:
         full = np.array(base, dtype=np.result_type(base.dtype, dtype))
     else:
         full = np.zeros(shape, dtype)
-    where = (slice(None),) * axis + (index,)
     if unique_ids:
         full[where] = 0
         offset = int(full.max())
@@ -1782,7 +1794,16 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
                     if base is not None:
                         base = np.take(base, frame, axis=k + t)
                         base = _from_one(base) if ids else base
-                return _with_slice(base, data, k + axis, index, shape, data.dtype, unique_ids=ids)
+                return _with_slice(
+                    base,
+                    data,
+                    k + axis,
+                    index,
+                    shape,
+                    data.dtype,
+                    unique_ids=ids,
+                    inplace=t is None,  # in a movie, the frame is a copy anyway
+                )
 
             labels = planed(Labels, names[0], labels, 0, target == "instances")
             prob = planed(Image, names[1], prob, lead)
