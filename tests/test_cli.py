@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+import torch
 
 from napari_aeseg.api import load_model
 from napari_aeseg.cli import main
@@ -765,6 +766,24 @@ def test_a_segmenter_trained_on_denoised_images_records_it(files, model_file, ca
     denoised = ["--denoise-with", str(model_file), "--quiet"]
     assert main(["segment", str(seg), image, "--out", str(tmp_path / "den"), *denoised]) == 0
     assert "warning" not in capsys.readouterr().err
+    recorded = load_model(seg).config
+    assert recorded.denoised_digest == load_model(model_file).weights_digest()
+    assert main(["info", str(model_file)]) == 0
+    short = recorded.denoised_digest[:12]
+    assert f"weights sha256 {short}" in capsys.readouterr().out
+    assert main(["info", str(seg)]) == 0
+    assert f"trained on images denoised by 'm', sha256 {short}" in capsys.readouterr().out
+    assert recorded.encoder is None  # trained from random weights on the denoised images
+    # another denoiser of the same name (retrained, say): told apart by its weights
+    other = load_model(model_file)
+    with torch.no_grad():
+        next(other.network.parameters()).add_(0.01)
+    (tmp_path / "other").mkdir()
+    other.save(tmp_path / "other" / "m.aeseg")
+    retrained = ["--denoise-with", str(tmp_path / "other" / "m.aeseg"), "--quiet"]
+    assert main(["segment", str(seg), image, "--out", str(tmp_path / "o2"), *retrained]) == 0
+    err = capsys.readouterr().err
+    assert "denoised by 'm', a model with other weights" in err
     # a model file from before this was recorded: nothing is known, nothing is said
     old = load_model(seg)
     old.config.denoised_with = None

@@ -589,6 +589,7 @@ def _train_segmenter(args) -> int:
         joint_denoising=args.joint,
         seed=args.seed,
         denoised_with=None if denoiser is None else denoiser.name,
+        denoised_digest=None if denoiser is None else denoiser.weights_digest(),
         **({"transfer": args.transfer} if encoder is not None else {}),
         **({"max_labeled_patches": None} if args.no_step_limit else {}),
     )
@@ -639,7 +640,7 @@ def _segment(args) -> int:
     )
     model = SegmenterModel.load(args.model)
     denoiser = DenoiserModel.load(args.denoise_with) if args.denoise_with else None
-    note = denoising_note(model, None if denoiser is None else denoiser.name)
+    note = denoising_note(model, denoiser)
     if note:  # (even with --quiet: the results are probably poor)
         print(f"aeseg segment: warning: {note}", file=sys.stderr)
     truth_files = iter(args.truth or [])
@@ -805,6 +806,18 @@ def _info(args) -> int:
         print(json.dumps(json.loads(model.config.model_dump_json()), indent=2))
     else:
         print(model.describe())
+        # weights' SHA-256 (first 12): which denoiser a segmenter came from, whatever names
+        if model.kind == "denoiser":
+            print(f"weights sha256 {model.weights_digest()[:12]}")
+        else:
+            c = model.config
+            if c.encoder is not None and c.encoder.digest:
+                print(f"started from denoiser '{c.encoder.name}', sha256 {c.encoder.digest[:12]}")
+            if c.denoised_with and c.denoised_digest:
+                print(
+                    f"trained on images denoised by '{c.denoised_with}', sha256 "
+                    f"{c.denoised_digest[:12]}"
+                )
         if model.history:
             vals = [v for _, _, v in model.history if v == v]
             if vals:

@@ -42,6 +42,9 @@ def test_scribbles_with_pretrained_encoder(nuclei_2d, denoiser, scribbles, tmp_p
     _, noisy, truth = nuclei_2d
     seg = train_segmenter(noisy, scribbles, encoder=denoiser, device="cpu", **SEG)
     assert seg.config.encoder.name == denoiser.name
+    # the encoder's weights as they were copied: a denoiser trained on is told apart
+    assert seg.config.encoder.digest == denoiser.weights_digest()
+    assert len(seg.config.encoder.digest) == 64
     assert seg.config.normalization == denoiser.config.normalization
     result = seg.segment(noisy, device="cpu")
     assert result.labels.shape == noisy.shape and result.labels.dtype == np.uint16
@@ -52,6 +55,7 @@ def test_scribbles_with_pretrained_encoder(nuclei_2d, denoiser, scribbles, tmp_p
     path = seg.save(tmp_path / "seg.aeseg")
     again = load_model(path)
     assert isinstance(again, SegmenterModel)
+    assert again.config.encoder.digest == denoiser.weights_digest()
     assert np.array_equal(again.segment(noisy, device="cpu").labels, result.labels)
 
 

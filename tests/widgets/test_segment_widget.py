@@ -221,6 +221,8 @@ def test_fine_tune_with_session_encoder_and_ground_truth(
     widget.run_button.click()
     wait_idle(qtbot, widget, timeout=120_000)
     assert widget.model is not model and widget.model.config.denoised_with == tiny_denoiser.name
+    assert widget.model.config.denoised_digest == tiny_denoiser.weights_digest()
+    assert widget.model.config.encoder.digest == tiny_denoiser.weights_digest()
 
 
 @pytest.mark.parametrize("problem", ["shape", "empty", "one class"])

@@ -1513,6 +1513,7 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
             joint_denoising=self.joint_check.isChecked(),
             seed=self.seed.value(),
             denoised_with=None if denoiser is None else denoiser.name,
+            denoised_digest=None if denoiser is None else denoiser.weights_digest(),
             **training,
         )
         config.postprocess.threshold = self.threshold.value()

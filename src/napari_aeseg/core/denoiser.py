@@ -15,7 +15,7 @@ from .config import DenoiserConfig, parse_config_json
 from .data import Layout, check_axes_match, check_image, guess_axes
 from .devices import resolve_device
 from .errors import InvalidInputError, ModelFileError
-from .model_io import ModelFile, read_model_file, save_model_file
+from .model_io import ModelFile, read_model_file, save_model_file, tensors_digest
 from .models import UNet, build_network
 from .tiling import (
     TileProgress,
@@ -63,6 +63,10 @@ class TrainedModel:
 
     def _extra(self) -> dict:
         return {}
+
+    def weights_digest(self) -> str:
+        """SHA-256 of the network's weights: tells two models apart whatever their names."""
+        return tensors_digest(self.network.state_dict())
 
     def save(self, path: str | os.PathLike) -> Path:
         """Save to one file (atomically); the conventional suffix is ``.aeseg``."""

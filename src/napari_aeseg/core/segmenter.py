@@ -133,6 +133,8 @@ class EncoderSource(_Strict):
     mode: str
     trained_steps: int
     config_json: str
+    #: SHA-256 of the denoiser's weights (``None`` in model files from before 2026-11-29)
+    digest: str | None = None
 
 
 class SegmenterConfig(_Strict):
@@ -151,6 +153,8 @@ class SegmenterConfig(_Strict):
     #: segmenter expects its inputs denoised the same way. ``None``: not recorded (model
     #: files from before 2026-11-29)
     denoised_with: str | None = None
+    #: SHA-256 of that denoiser's weights: another model of the same name is told apart
+    denoised_digest: str | None = None
 
     @field_validator("axes")
     @classmethod
@@ -581,11 +585,20 @@ class SegmenterModel(TrainedModel):
         return run_generator(self.iter_segment(image, **kwargs))
 
 
-def denoising_note(model: SegmenterModel, denoiser_name: str | None) -> str | None:
+def denoising_note(model: SegmenterModel, denoiser: DenoiserModel | None) -> str | None:
     """Why results may be poor when a segmenter gets its inputs denoised otherwise than
-    its training images were (``denoiser_name``: the denoiser applied now, or ``None``)."""
+    its training images were (``denoiser``: the denoiser applied now, or ``None``)."""
     trained = model.config.denoised_with
-    if trained is None or bool(trained) == (denoiser_name is not None):
+    denoiser_name = None if denoiser is None else denoiser.name
+    digest = model.config.denoised_digest
+    if trained and denoiser is not None and digest and digest != denoiser.weights_digest():
+        return (
+            f"'{model.name}' was trained on images denoised by '{trained}', and these are "
+            f"denoised by '{denoiser_name}', a model with other weights (results may be "
+            "poor): denoise them with the model the training images went through, or train "
+            "on images denoised by this one"
+        )
+    if trained is None or bool(trained) == (denoiser is not None):
         return None  # not recorded, or alike (a saved denoiser is named by its file)
     if denoiser_name is None:
         return (
@@ -616,10 +629,12 @@ def make_segmenter_config(
     depth: int = 2,
     base_channels: int = 32,
     denoised_with: str | None = None,
+    denoised_digest: str | None = None,
     **training,
 ) -> SegmenterConfig:
     """A validated segmenter config; architecture and axes follow ``encoder`` when given.
-    ``denoised_with`` records the name of the denoiser the training images go through."""
+    ``denoised_with`` records the name of the denoiser the training images go through, and
+    ``denoised_digest`` its weights' SHA-256."""
     from .data import guess_axes
 
     if encoder is not None:
@@ -647,6 +662,7 @@ def make_segmenter_config(
             mode=encoder.config.mode,
             trained_steps=encoder.trained_steps,
             config_json=encoder.config.model_dump_json(),
+            digest=encoder.weights_digest(),
         )
         if "freeze_encoder_steps" not in training:
             training["freeze_encoder_steps"] = min(50, training.get("steps", 400) // 5)
@@ -667,6 +683,7 @@ def make_segmenter_config(
         normalization=encoder.config.normalization if encoder is not None else None,
         encoder=source,
         denoised_with=denoised_with or "",
+        denoised_digest=denoised_digest,
     )
 
 
