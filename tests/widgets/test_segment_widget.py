@@ -314,6 +314,19 @@ def test_time_series_classifies_the_frame_shown(qtbot, make_napari_viewer, cells
     assert ids1 and ids2 and not ids1 & ids2
     assert min(ids2) == max(ids1) + 1
     assert len(widget._features) == 2, "the features of both frames shown are kept"
+    # with Live update on, scrolling back to a frame segmented before shows it again (its
+    # features are at hand); a frame never segmented waits for a stroke or Segment
+    widget.set_options(live=True)
+    wait_idle(qtbot, widget, timeout=60_000)
+    viewer.dims.set_current_step(0, 1)
+    qtbot.waitUntil(lambda: "frame 1" in widget.status.text(), timeout=60_000)
+    wait_idle(qtbot, widget, timeout=60_000)
+    viewer.dims.set_current_step(0, 0)
+    qtbot.wait(3 * LIVE_DELAY_MS)
+    wait_idle(qtbot, widget, timeout=60_000)
+    assert "frame 1" in widget.status.text() and not seg.data[0].any()
+    widget.set_options(live=False)
+    viewer.dims.set_current_step(0, 2)
     # of a frame not shown, only the features at its scribbles are kept
     (samples, classes), _ = widget._samples.values()
     assert samples.shape[1] == classes.size == np.count_nonzero(data[2])

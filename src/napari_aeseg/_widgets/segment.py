@@ -1682,8 +1682,9 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
 
     def _on_view_changed(self, *_) -> None:
         """Scrolled to another plane, or switched to a 3D view, while Live update shows one
-        plane: show the new plane (or the whole stack) too. Features are computed for a
-        whole frame, so another frame waits for a stroke or Segment."""
+        plane (or frame): show the new plane (or the whole stack) too. Features are computed
+        for a whole frame, so another frame is shown only when they are at hand (it was
+        segmented before); else it waits for a stroke or Segment."""
         preview = self._preview
         if preview is None or not (self.live_check.isChecked() and self.instant):
             return
@@ -1696,7 +1697,10 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         except AesegError:
             return
         now = (self._shown_frame(image, axes), self._shown_plane(image, axes))
-        if now != preview and now[0] == preview[0]:
+        cached = now[0] == preview[0] or any(
+            key[0] == id(image.data) and key[3] == now[0] for key in self._features
+        )
+        if now != preview and cached:
             self._schedule_live()
 
     # ------------------------------------------------------------------ worker events
@@ -1809,8 +1813,10 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
             labels = planed(Labels, names[0], labels, 0, target == "instances")
             prob = planed(Image, names[1], prob, lead)
             unc = planed(Image, names[2], unc, 0)
-            if self._run_generation == self._feature_generation:
-                self._preview = (frame, result.plane)
+        if (result.plane is not None or frame is not None) and (
+            self._run_generation == self._feature_generation
+        ):
+            self._preview = (frame, result.plane)
         if frame is not None:
             labels = _in_frame(
                 self.viewer,
