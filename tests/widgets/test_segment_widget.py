@@ -560,6 +560,23 @@ def test_live_update_of_a_stack_shows_the_plane_on_screen(qtbot, make_napari_vie
     assert [ly.name for ly in viewer.layers] == names
 
 
+def test_plane_previews_keep_object_ids_unique_and_small():
+    """Planes previewed in turn, many times: ids stay unique across planes and are
+    numbered afresh before they would outgrow uint16 (the layer keeps its type)."""
+    from napari_aeseg._widgets.segment import _with_slice
+
+    shape = (4, 64, 64)
+    full = None
+    plane = np.zeros((64, 64), np.uint16)
+    plane.reshape(-1)[:4000:4] = np.arange(1, 1001)  # 1000 objects
+    for i in range(150):  # without renumbering, ids would pass 65535 after 65 previews
+        z = (1, 3)[i % 2]
+        full = _with_slice(full, plane, 0, z, shape, np.uint16, unique_ids=True, inplace=True)
+    assert full.dtype == np.uint16
+    ids1, ids3 = set(np.unique(full[1])) - {0}, set(np.unique(full[3])) - {0}
+    assert len(ids1) == len(ids3) == 1000 and not ids1 & ids3
+
+
 def test_semantic_classes_of_a_channel_image_share_its_channel_axis(qtbot, make_napari_viewer):
     """Classes in front of the spatial axes sit at 1..K (the slider reads the values
     painted), except where the image's channels hold that world axis: there they stay at
@@ -596,7 +613,7 @@ def test_channels_behind_z_are_moved_to_the_front_for_labels_to_line_up(
     widget._on_axes_changed()
     assert widget.channels_first_button.isVisibleTo(widget)
     assert widget.new_scribble_layer() is None
-    assert len(shown) == 1 and "lie behind its Z axis (ZCYX)" in shown[0]
+    assert len(shown) == 1 and "come after its Z axis (ZCYX)" in shown[0]
 
     view = widget.channels_first()
     assert view.data.shape == (2, 6, 40, 40) and np.shares_memory(view.data, zcyx)
@@ -605,6 +622,14 @@ def test_channels_behind_z_are_moved_to_the_front_for_labels_to_line_up(
     assert widget.image_combo.currentText() == view.name == "hyper (channels first)"
     assert widget.axes_edit.text() == "CZYX"
     assert not widget.channels_first_button.isVisibleTo(widget)
+    # chosen again later, the view's axes are read from its axis labels, not guessed
+    assert tuple(view.axis_labels) == ("c", "z", "y", "x")
+    widget.set_options(image="hyper")
+    widget.axes_edit.setText("ZCYX")
+    assert widget.channels_first().name == view.name, "not a second view"
+    widget.set_options(image="hyper")
+    widget.set_options(image=view.name)
+    assert widget.axes_edit.text() == "CZYX"
     layer = widget.new_scribble_layer()
     assert layer.data.shape == (6, 40, 40)
     # a voxel of the labels is the same place in the world as that voxel of the view

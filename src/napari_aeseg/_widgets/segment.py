@@ -429,21 +429,21 @@ def buried_channels_note(layer, axes: str) -> str | None:
     if c is None:
         return None
     front = axes[c] + axes[:c] + axes[c + 1 :]
+    before = ", ".join(axes[:c])
     return (
-        f"the channels of '{layer.name}' lie behind its {axes[:c]} axis ({axes}); napari lines "
-        "up layers by their last axes, so labels would sit on its channels: press 'Channels "
-        f"first' for a view of it as {front}, or split its channels (Layers > Convert > Split "
-        "Stack)"
+        f"the channels of '{layer.name}' come after its {before} ax{'is' if c == 1 else 'es'} "
+        f"({axes}); napari lines up layers by their last axes, so labels would sit on its "
+        f"channels: press 'Channels first' for a view of it as {front}"
     )
 
 
 def _linear_parts(layer) -> list[np.ndarray]:
-    """The rotation, the shear and the affine's linear part of ``layer``, as matrices."""
+    """The rotation, the shear and the whole affine of ``layer`` (identity when unset)."""
     n = layer.ndim
     return [
         np.asarray(layer.rotate, float),
         _shear_matrix(layer.shear, n),
-        np.asarray(layer.affine.linear_matrix, float),
+        np.asarray(layer.affine.affine_matrix, float),
     ]
 
 
@@ -573,6 +573,12 @@ def _with_slice(
         full[where] = 0
         offset = int(full.max())
         top = offset + int(data.max(initial=0))
+        if top > np.iinfo(full.dtype).max and offset:  # ids left behind: number them afresh
+            from skimage.segmentation import relabel_sequential
+
+            full = relabel_sequential(full)[0]
+            offset = int(full.max())
+            top = offset + int(data.max(initial=0))
         if top > np.iinfo(full.dtype).max:
             full = full.astype(np.uint32 if top <= np.iinfo(np.uint32).max else np.uint64)
         data = np.where(data > 0, data.astype(full.dtype) + offset, 0)
@@ -1305,32 +1311,47 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         c = buried_channels(image, axes)
         if c is None:
             return None
-        if any(not np.allclose(m, np.eye(len(m))) for m in _linear_parts(image)):
-            show_error(
-                f"'{image.name}' is rotated or sheared: move its channels to the front "
-                "before placing it (napari: Layers > Convert > Split Stack also works)"
+        front = axes[c] + axes[:c] + axes[c + 1 :]
+        name = f"{image.name} (channels first)"
+        shape = (image.data[0] if image.multiscale else image.data).shape
+        shape = (shape[c], *shape[:c], *shape[c + 1 :])
+        existing = self.viewer.layers[name] if name in self.viewer.layers else None
+        if isinstance(existing, Image) and tuple(layer_data(existing).shape) == shape:
+            view = existing  # made before: choose it again
+        else:
+            if any(not np.allclose(m, np.eye(len(m))) for m in _linear_parts(image)):
+                show_error(
+                    f"'{image.name}' is rotated, sheared or placed by an affine transform: "
+                    "move its channels to the front before placing it"
+                )
+                return None
+            order = [c, *(i for i in range(image.ndim) if i != c)]
+            data = [np.moveaxis(d, c, 0) for d in image.data] if image.multiscale else None
+            meta = spatial_metadata(image)
+            view = Image(
+                data if data is not None else np.moveaxis(image.data, c, 0),
+                multiscale=image.multiscale,
+                name=name,
+                scale=[meta["scale"][i] for i in order],
+                translate=[meta["translate"][i] for i in order],
+                # the axes by name, so that choosing the view again reads them
+                axis_labels=[a.lower() for a in front],
+                **({"units": [meta["units"][i] for i in order]} if "units" in meta else {}),
+                colormap=image.colormap,
+                contrast_limits=image.contrast_limits,
+                gamma=image.gamma,
+                opacity=image.opacity,
+                blending=image.blending,
             )
-            return None
-        order = [c, *(i for i in range(image.ndim) if i != c)]
-        data = [np.moveaxis(d, c, 0) for d in image.data] if image.multiscale else None
-        meta = spatial_metadata(image)
-        view = Image(
-            data if data is not None else np.moveaxis(image.data, c, 0),
-            multiscale=image.multiscale,
-            name=f"{image.name} (channels first)",
-            scale=[meta["scale"][i] for i in order],
-            translate=[meta["translate"][i] for i in order],
-            **{k: [meta[k][i] for i in order] for k in ("units", "axis_labels") if k in meta},
-            colormap=image.colormap,
-            contrast_limits=image.contrast_limits,
-            blending=image.blending,
-        )
+            self.viewer.layers.append(view)
         image.visible = False  # its axes now mean other things on the same sliders
-        self.viewer.layers.append(view)
         self.image_combo.setCurrentText(view.name)
-        self.axes_edit.setText(axes[c] + axes[:c] + axes[c + 1 :])
+        self.axes_edit.setText(front)
         self._on_axes_changed()
-        self.status.setText(f"Added '{view.name}': segment this one.")
+        self.status.setText(
+            f"Segment '{view.name}' ({front}); '{image.name}' is hidden: remove it for the "
+            "sliders to follow the view only"
+        )
         return view
 
     def new_scribble_layer(self) -> Labels | None:
