@@ -44,6 +44,11 @@ def test_guess_axes():
     assert guess_axes((2, 64, 64)) == "CYX" and guess_axes((4, 64, 64)) == "CYX"
     assert guess_axes((64, 64, 2)) == "YXC"  # two channels last, as tifffile writes them
     assert guess_axes((2, 10, 64, 64)) == "CZYX"
+    assert guess_axes((10, 8, 64, 64)) == "TZYX"
+    # an ImageJ hyperstack's order: channels behind Z (and T)
+    assert guess_axes((10, 2, 64, 64)) == "ZCYX"
+    assert guess_axes((5, 10, 3, 64, 64)) == "TZCYX"
+    assert guess_axes((5, 2, 10, 64, 64)) == "TCZYX"
 
 
 def test_rgb_without_channel_axis_gets_advice():

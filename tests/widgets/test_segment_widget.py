@@ -609,8 +609,7 @@ def test_channels_behind_z_are_moved_to_the_front_for_labels_to_line_up(
     image = viewer.add_image(zcyx, name="hyper", scale=(2.0, 1.0, 0.5, 0.5), units="µm")
     _, widget = viewer.window.add_plugin_dock_widget("napari-aeseg", "Segment")
     widget.set_options(image="hyper", mode=INSTANT)
-    widget.axes_edit.setText("ZCYX")
-    widget._on_axes_changed()
+    assert widget.axes_edit.text() == "ZCYX", "2 behind 6: guessed as channels behind Z"
     assert widget.channels_first_button.isVisibleTo(widget)
     assert widget.new_scribble_layer() is None
     assert len(shown) == 1 and "come after its Z axis (ZCYX)" in shown[0]

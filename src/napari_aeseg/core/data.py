@@ -27,9 +27,12 @@ def guess_axes(shape: tuple[int, ...], *, rgb: bool = False) -> str:
         # a leading axis of 2-4 is far more often channels than planes (as in 4D below)
         return "CYX" if shape[0] <= 4 else "ZYX"
     if nd == 4:
-        return "CZYX" if shape[0] <= 4 else "TZYX"
+        if shape[0] <= 4:
+            return "CZYX"
+        # 2-4 behind more planes: channels in an ImageJ hyperstack's order (Z, C, Y, X)
+        return "ZCYX" if shape[1] <= 4 else "TZYX"
     if nd == 5:
-        return "TCZYX"
+        return "TZCYX" if shape[2] <= 4 < shape[1] else "TCZYX"
     raise InvalidInputError(f"cannot guess the axes of a {nd}D array of shape {shape}; give axes")
 
 
