@@ -61,6 +61,16 @@ def test_nan_and_non_numeric_refused():
     img[2, 2] = np.nan
     with pytest.raises(InvalidInputError, match="NaN"):
         check_image(img)
+    # one NaN in a large stack, where a sample of every 3rd value would not see it, and in
+    # a transposed (not contiguous) view of it
+    big = np.ones((3000, 3001), np.float32)
+    big[1500, 1501] = np.inf
+    assert (1500 * 3001 + 1501) % 3
+    for arr in (big, big.T):
+        with pytest.raises(InvalidInputError, match="NaN or infinite"):
+            check_image(arr)
+    big[1500, 1501] = 0
+    assert check_image(big.T) is not None
     with pytest.raises(InvalidInputError, match="numeric"):
         check_image(np.array([["a"]]))
 

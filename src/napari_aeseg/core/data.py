@@ -119,13 +119,23 @@ def check_image(image: np.ndarray, *, name: str = "image") -> np.ndarray:
         raise InvalidInputError(f"{name} has data type {arr.dtype}; a numeric image is needed")
     if arr.size == 0:
         raise InvalidInputError(f"{name} is empty (shape {arr.shape})")
-    if arr.dtype.kind == "f" and not np.isfinite(_sample(arr)).all():
-        if not np.isfinite(arr).all():
-            raise InvalidInputError(
-                f"{name} contains NaN or infinite values; replace them (e.g. with "
-                "numpy.nan_to_num) before training or denoising"
-            )
+    if arr.dtype.kind == "f" and not _all_finite(arr):
+        raise InvalidInputError(
+            f"{name} contains NaN or infinite values; replace them (e.g. with "
+            "numpy.nan_to_num) before training or denoising"
+        )
     return arr
+
+
+def _all_finite(arr: np.ndarray, block: int = 1 << 24) -> bool:
+    """Whether every value is finite: every value is read (one NaN in a large stack would
+    spread through the network or the features), in blocks, so memory stays small."""
+    if not arr.flags.c_contiguous:  # one slice at a time, not a copy of the whole
+        if arr.ndim > 1:
+            return all(_all_finite(np.ascontiguousarray(sub), block) for sub in arr)
+        return bool(np.isfinite(arr).all())
+    flat = arr.reshape(-1)
+    return all(np.isfinite(flat[i : i + block]).all() for i in range(0, flat.size, block))
 
 
 def _sample(arr: np.ndarray, max_values: int = 4_000_000) -> np.ndarray:
