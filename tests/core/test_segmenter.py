@@ -686,6 +686,8 @@ def test_classic_features_are_scikit_images_with_3d_eigenvalues_in_closed_form()
         ref = multiscale_basic_features((image - lo) / (hi - lo), sigma_min=1, sigma_max=16)
         assert ours.shape == (ref.shape[-1], *shape) and ours.dtype == np.float32
         np.testing.assert_allclose(ours, np.moveaxis(ref, -1, 0), atol=2e-6)
+    with pytest.raises(InvalidInputError, match="1 pixel long along Z"):
+        classic_features(np.ones((1, 20, 20), np.float32), axes="ZYX")
     # random, repeated, zero and diagonal matrices, against LAPACK, largest first
     m = rng.normal(size=(500, 3, 3))
     m = m + m.transpose(0, 2, 1)

@@ -128,6 +128,12 @@ def classic_features(image: np.ndarray, *, axes: str = "YX") -> np.ndarray:
     """
     image = check_image(image)
     layout = Layout(check_axes_match(image.shape, axes), image.shape)
+    thin = [a for a, n in zip(layout.spatial_axes, layout.spatial_shape, strict=True) if n < 2]
+    if thin:
+        raise InvalidInputError(
+            f"the image is 1 pixel long along {', '.join(thin)} (shape {image.shape}, axes "
+            f"{layout.axes}): the features need 2 or more; a single plane has axes YX"
+        )
     x = layout.to_internal(image)[0].astype(np.float32)
     lo, hi = np.percentile(x, (0.5, 99.5))
     x = (x - lo) / max(hi - lo, 1e-6)
