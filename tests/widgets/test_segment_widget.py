@@ -602,7 +602,8 @@ def test_channels_behind_z_are_moved_to_the_front_for_labels_to_line_up(
 ):
     """A ZCYX stack (an ImageJ hyperstack's order): labels (ZYX) would line up with its last
     axes, C, Y and X. The widget says so instead of painting off the image, and 'Channels
-    first' adds a CZYX view whose labels and results sit on its planes."""
+    first' shows the layer as CZYX (a view of the same array), whose labels and results
+    sit on its planes, and whose sliders are the view's only."""
     s = synthetic_nuclei((6, 40, 40), seed=4)
     zcyx = np.stack([s.clean, 1 - s.clean], axis=1).astype(np.float32)
     viewer = make_napari_viewer()
@@ -614,31 +615,25 @@ def test_channels_behind_z_are_moved_to_the_front_for_labels_to_line_up(
     assert widget.new_scribble_layer() is None
     assert len(shown) == 1 and "come after its Z axis (ZCYX)" in shown[0]
 
-    view = widget.channels_first()
-    assert view.data.shape == (2, 6, 40, 40) and np.shares_memory(view.data, zcyx)
-    np.testing.assert_allclose(view.scale, (1.0, 2.0, 0.5, 0.5))
-    assert not image.visible
-    assert widget.image_combo.currentText() == view.name == "hyper (channels first)"
+    widget.channels_first()
+    assert [ly.name for ly in viewer.layers] == ["hyper"], "the same layer, not a second"
+    assert image.data.shape == (2, 6, 40, 40) and np.shares_memory(image.data, zcyx)
+    np.testing.assert_allclose(image.scale, (1.0, 2.0, 0.5, 0.5))
+    assert tuple(image.axis_labels) == ("c", "z", "y", "x")
+    assert viewer.dims.nsteps[:2] == (2, 6), "sliders: 2 channels, 6 planes"
     assert widget.axes_edit.text() == "CZYX"
     assert not widget.channels_first_button.isVisibleTo(widget)
-    # chosen again later, the view's axes are read from its axis labels, not guessed
-    assert tuple(view.axis_labels) == ("c", "z", "y", "x")
-    widget.set_options(image="hyper")
-    widget.axes_edit.setText("ZCYX")
-    assert widget.channels_first().name == view.name, "not a second view"
-    widget.set_options(image="hyper")
-    widget.set_options(image=view.name)
-    assert widget.axes_edit.text() == "CZYX"
+    assert widget.channels_first() is None, "nothing left to move"
     layer = widget.new_scribble_layer()
     assert layer.data.shape == (6, 40, 40)
-    # a voxel of the labels is the same place in the world as that voxel of the view
+    # a voxel of the labels is the same place in the world as that voxel of the image
     np.testing.assert_allclose(
-        layer.data_to_world((3, 10, 20)), view.data_to_world((1, 3, 10, 20))[1:]
+        layer.data_to_world((3, 10, 20)), image.data_to_world((1, 3, 10, 20))[1:]
     )
     layer.data = simulated_scribbles(s.labels, fraction=0.03)
     widget.run_button.click()
     wait_idle(qtbot, widget, timeout=60_000)
-    seg = viewer.layers[output_names(view.name)[0]]
+    seg = viewer.layers[output_names("hyper")[0]]
     assert seg.data.shape == (6, 40, 40)
     assert score_instances(s.labels, np.asarray(seg.data)).pixel_iou > 0.6
 

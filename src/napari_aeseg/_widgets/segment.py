@@ -433,7 +433,7 @@ def buried_channels_note(layer, axes: str) -> str | None:
     return (
         f"the channels of '{layer.name}' come after its {before} ax{'is' if c == 1 else 'es'} "
         f"({axes}); napari lines up layers by their last axes, so labels would sit on its "
-        f"channels: press 'Channels first' for a view of it as {front}"
+        f"channels: press 'Channels first' to show it as {front}"
     )
 
 
@@ -742,8 +742,9 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         self.axes_edit.textEdited.connect(lambda *_: self._on_axes_changed())
         self.channels_first_button = QPushButton("Channels first")
         self.channels_first_button.setToolTip(
-            "Add a view of the image with its channels in front (no copy): napari lines up "
-            "layers by their last axes, so labels of a ZCYX image would sit on its channels"
+            "Put the image's channels in front (ZCYX -> CZYX; the layer shows the same data, "
+            "not a copy): napari lines up layers by their last axes, so labels of a ZCYX "
+            "image would sit on its channels"
         )
         self.channels_first_button.clicked.connect(lambda: self.channels_first())
         form.addRow("Axes", row_widget((self.axes_edit, 1), self.channels_first_button))
@@ -1303,56 +1304,46 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         return not note
 
     def channels_first(self) -> Image | None:
-        """Add a view of the chosen image with its channels in front, hide the image, and
-        choose the view: its labels and results then line up with it."""
+        """Put the chosen image's channels in front (ZCYX -> CZYX): its data becomes a view
+        of the same array with that axis order (no copy; files are untouched), its scale,
+        translation, units and axis labels follow, so labels and results line up with it.
+        The layer is changed in place, not copied: a second layer would keep the old order
+        on the same sliders."""
         image, axes = self._image_and_axes()
         if image is None:
             return None
         c = buried_channels(image, axes)
         if c is None:
             return None
-        front = axes[c] + axes[:c] + axes[c + 1 :]
-        name = f"{image.name} (channels first)"
-        shape = (image.data[0] if image.multiscale else image.data).shape
-        shape = (shape[c], *shape[:c], *shape[c + 1 :])
-        existing = self.viewer.layers[name] if name in self.viewer.layers else None
-        if isinstance(existing, Image) and tuple(layer_data(existing).shape) == shape:
-            view = existing  # made before: choose it again
-        else:
-            if any(not np.allclose(m, np.eye(len(m))) for m in _linear_parts(image)):
-                show_error(
-                    f"'{image.name}' is rotated, sheared or placed by an affine transform: "
-                    "move its channels to the front before placing it"
-                )
-                return None
-            order = [c, *(i for i in range(image.ndim) if i != c)]
-            data = [np.moveaxis(d, c, 0) for d in image.data] if image.multiscale else None
-            meta = spatial_metadata(image)
-            view = Image(
-                data if data is not None else np.moveaxis(image.data, c, 0),
-                multiscale=image.multiscale,
-                name=name,
-                scale=[meta["scale"][i] for i in order],
-                translate=[meta["translate"][i] for i in order],
-                # the axes by name, so that choosing the view again reads them
-                axis_labels=[a.lower() for a in front],
-                **({"units": [meta["units"][i] for i in order]} if "units" in meta else {}),
-                colormap=image.colormap,
-                contrast_limits=image.contrast_limits,
-                gamma=image.gamma,
-                opacity=image.opacity,
-                blending=image.blending,
+        if any(not np.allclose(m, np.eye(len(m))) for m in _linear_parts(image)):
+            show_error(
+                f"'{image.name}' is rotated, sheared or placed by an affine transform: move "
+                "its channels to the front before placing it"
             )
-            self.viewer.layers.append(view)
-        image.visible = False  # its axes now mean other things on the same sliders
-        self.image_combo.setCurrentText(view.name)
-        self.axes_edit.setText(front)
-        self._on_axes_changed()
-        self.status.setText(
-            f"Segment '{view.name}' ({front}); '{image.name}' is hidden: remove it for the "
-            "sliders to follow the view only"
+            return None
+        front = axes[c] + axes[:c] + axes[c + 1 :]
+        order = [c, *(i for i in range(image.ndim) if i != c)]
+        meta = spatial_metadata(image)
+        moved = (
+            [np.moveaxis(d, c, 0) for d in image.data]
+            if image.multiscale
+            else np.moveaxis(image.data, c, 0)
         )
-        return view
+        limits = image.contrast_limits
+        image.data = moved
+        image.scale = [meta["scale"][i] for i in order]
+        image.translate = [meta["translate"][i] for i in order]
+        if "units" in meta:
+            image.units = [meta["units"][i] for i in order]
+        image.axis_labels = [a.lower() for a in front]  # read back as the axes next time
+        image.contrast_limits = limits
+        self.axes_edit.setText(front)
+        self._on_image_changed()
+        self.status.setText(
+            f"'{image.name}' now has its channels in front ({front}; the same data, not a "
+            "copy): paint and segment it"
+        )
+        return image
 
     def new_scribble_layer(self) -> Labels | None:
         """Add an empty Labels layer over the image, ready to paint foreground (label 2)."""
