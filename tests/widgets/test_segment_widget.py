@@ -860,7 +860,7 @@ def test_crops_of_a_stack_are_read_in_the_worker_and_warn_there(
     _, widget = viewer.window.add_plugin_dock_widget("napari-aeseg", "Segment")
     widget.set_options(image="stack", labels="masks", labels_kind=MASKS, **{**TINY_SEG, "steps": 4})
     threads, warned = [], []
-    build = segment.crops_mask
+    build, Trainer = segment.crops_mask, segment.SegmenterTrainer
 
     def recorded(*args, **kwargs):
         threads.append(threading.current_thread() is threading.main_thread())
@@ -884,6 +884,24 @@ def test_crops_of_a_stack_are_read_in_the_worker_and_warn_there(
     wait_idle(qtbot, widget, timeout=60_000)
     assert len(shown) == 1 and "no object of 'masks' lies in the crops" in shown[0]
     assert [ly.name for ly in viewer.layers] == names
+    # Stop pressed while the mask is built: the run ends there, before any training
+    crops.data = [np.array([[3, 4, 4], [3, 4, 27], [3, 27, 27], [3, 27, 4]], float)]
+
+    def stopped_meanwhile(*args, **kwargs):
+        widget._job.stop_requested.set()  # what Stop does, from the worker's side
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(segment, "crops_mask", stopped_meanwhile)
+    trainers = []
+    monkeypatch.setattr(
+        segment, "SegmenterTrainer", lambda *a, **k: trainers.append(1) or Trainer(*a, **k)
+    )
+    model = widget.model
+    widget.run_button.click()
+    wait_idle(qtbot, widget, timeout=60_000)
+    assert widget.status.text().startswith("Stopped; no layer was changed")
+    assert widget.model is model and not widget.loss_plot.train_points
+    assert trainers == [], "nothing prepared for training"
 
 
 def test_a_sheared_stack_keeps_its_placement_in_scribbles_crops_and_results(

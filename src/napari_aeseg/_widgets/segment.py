@@ -204,6 +204,8 @@ class SegmentJob(WorkerJob):
                 region, left_out = checked_crops(crops, labels, axes, labels_name)
                 if left_out:
                     yield Notice(left_out)
+                if self.stop_requested.is_set():
+                    return Stopped(None)
             image = np.asarray(image)  # lazy (dask) data is read here, in the worker
             image = yield from self._denoised(denoiser, image, axes, device)
             self.trainer = SegmenterTrainer(
