@@ -638,6 +638,34 @@ def test_channels_behind_z_are_moved_to_the_front_for_labels_to_line_up(
     assert score_instances(s.labels, np.asarray(seg.data)).pixel_iou > 0.6
 
 
+def test_channels_split_into_layers_merge_to_one_image_with_channels_first(
+    qtbot, make_napari_viewer
+):
+    """Readers that open each channel as its own layer: napari's own 'Merge to Stack' (the
+    layer list's right-click menu) makes one image with the channels in front, which the
+    widget reads as CZYX, and whose labels line up with its planes."""
+    from napari.layers.utils.stack_utils import images_to_stack
+
+    s = synthetic_nuclei((6, 40, 40), seed=4)
+    viewer = make_napari_viewer()
+    nuclei = viewer.add_image(s.clean, name="nuclei", scale=(2.0, 0.5, 0.5))
+    other = viewer.add_image(1 - s.clean, name="membrane", scale=(2.0, 0.5, 0.5))
+    merged = images_to_stack([nuclei, other])  # what Merge to Stack adds
+    viewer.layers.remove(nuclei)
+    viewer.layers.remove(other)
+    viewer.add_layer(merged)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-aeseg", "Segment")
+    widget.set_options(image=merged.name, mode=INSTANT)
+    assert merged.data.shape == (2, 6, 40, 40)
+    assert widget.axes_edit.text() == "CZYX"
+    assert not widget.channels_first_button.isVisibleTo(widget)
+    layer = widget.new_scribble_layer()
+    assert layer.data.shape == (6, 40, 40)
+    np.testing.assert_allclose(
+        layer.data_to_world((3, 10, 20)), merged.data_to_world((1, 3, 10, 20))[1:]
+    )
+
+
 def test_masks_in_marked_crops_leave_the_rest_unlabeled(qtbot, segment_viewer, cells, two_crops):
     """A few objects painted in two crops, the crops marked with rectangles: the objects
     elsewhere are found, not learned as background."""
