@@ -814,3 +814,26 @@ def test_denoised_colour_keeps_its_type_and_stays_a_colour_file(tmp_path, nuclei
     floats = load_model(model).denoise(rgb, axes="YXC")
     np.testing.assert_array_equal(written, np.clip(np.rint(floats), 0, 255).astype(np.uint8))
     assert floats.dtype == np.float32 and not np.array_equal(floats, np.rint(floats))
+
+
+def test_semantic_class_names_are_kept_with_the_model(files, capsys, tmp_path):
+    """--class-names names the classes 1..K; the model keeps them and `info` shows them;
+    a count that does not match the classes painted, or names for instances, are refused
+    before any work."""
+    truth = tifffile.imread(files / "clean.tif") > 0.5
+    classes = np.zeros(truth.shape, np.uint8)
+    classes[::7, ::7] = np.where(truth[::7, ::7], 2, 1)
+    tifffile.imwrite(tmp_path / "classes.tif", classes)
+    image = str(files / "noisy.tif")
+    seg = tmp_path / "sem.aeseg"
+    argv = ["train-segmenter", image, "--labels", str(tmp_path / "classes.tif"), "--out"]
+    argv += [str(seg), "--encoder", "none", "--target", "semantic", *_tiny_segmenter(steps=3)]
+    assert main([*argv, "--class-names", "background, nucleus", "--quiet"]) == 0
+    assert load_model(seg).config.class_names == ["background", "nucleus"]
+    capsys.readouterr()
+    assert main(["info", str(seg)]) == 0
+    assert "classes: 1 background, 2 nucleus" in capsys.readouterr().out
+    err = _error(capsys, [*argv, "--class-names", "background, nucleus, other"])
+    assert "3 class name(s) for 2 classes" in err
+    instances = [a if a != "semantic" else "instances" for a in argv]
+    assert "add --target semantic" in _error(capsys, [*instances, "--class-names", "a, b"])

@@ -158,6 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="instances (nuclei, cells) or semantic classes",
     )
     s.add_argument(
+        "--class-names",
+        default=None,
+        help="semantic classes 1, 2, 3... by name, comma-separated (e.g. "
+        "'background,tumour,stroma'); the model keeps them",
+    )
+    s.add_argument(
         "--joint",
         action="store_true",
         help="also train a blind-spot denoising output (DenoiSeg-style)",
@@ -534,7 +540,9 @@ def _train_segmenter(args) -> int:
     from .core.image_io import read_image
     from .core.segmenter import (
         SegmenterTrainer,
+        check_class_names,
         make_segmenter_config,
+        parse_class_names,
         scribble_classes,
         shortened_note,
         undertrained_note,
@@ -557,6 +565,11 @@ def _train_segmenter(args) -> int:
     axes = args.axes or files[0].axes
     images = [f.data for f in files]
     _check_output_file(args.out)  # before any long work
+    class_names = parse_class_names(args.class_names)
+    if class_names is not None:  # before any denoising
+        if args.target != "semantic":
+            raise InvalidInputError("--class-names names semantic classes: add --target semantic")
+        check_class_names(class_names, scribble_classes(labels, "semantic"))
     if denoiser is not None:
         for f in files:  # every image fits the denoiser before any is denoised
             layout = denoiser.check_layout(f.data.shape, args.axes or f.axes or axes)
@@ -590,6 +603,7 @@ def _train_segmenter(args) -> int:
         seed=args.seed,
         denoised_with=None if denoiser is None else denoiser.name,
         denoised_digest=None if denoiser is None else denoiser.weights_digest(),
+        class_names=class_names,
         **({"transfer": args.transfer} if encoder is not None else {}),
         **({"max_labeled_patches": None} if args.no_step_limit else {}),
     )
@@ -813,6 +827,8 @@ def _info(args) -> int:
             c = model.config
             if c.encoder is not None and c.encoder.digest:
                 print(f"started from denoiser '{c.encoder.name}', sha256 {c.encoder.digest[:12]}")
+            if c.class_names:
+                print("classes: " + ", ".join(f"{i} {n}" for i, n in enumerate(c.class_names, 1)))
             if c.denoised_with and c.denoised_digest:
                 print(
                     f"trained on images denoised by '{c.denoised_with}', sha256 "

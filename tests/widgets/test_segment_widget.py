@@ -350,7 +350,9 @@ def test_time_series_classifies_the_frame_shown(qtbot, make_napari_viewer, cells
     assert widget.status.text().startswith("Not started")
 
 
-def test_semantic_classes_then_instances_reuse_the_output_layers(qtbot, segment_viewer, cells):
+def test_semantic_classes_then_instances_reuse_the_output_layers(
+    qtbot, segment_viewer, cells, shown
+):
     viewer, widget = segment_viewer
     _, truth, scribbles = cells
     paint(viewer, widget, scribbles)
@@ -358,9 +360,21 @@ def test_semantic_classes_then_instances_reuse_the_output_layers(qtbot, segment_
     viewer.add_labels(classes, name="classes", scale=(0.5, 0.25), translate=(10.0, -4.0))
     widget.set_options(mode=INSTANT, target="semantic", ground_truth="classes")
     assert "one value per class" in widget.hint.text()
+    assert widget.class_names_edit.isVisibleTo(widget)
+    widget.set_options(class_names=["background"])  # one name for two classes painted
+    widget.run_button.click()
+    wait_idle(qtbot, widget, timeout=60_000)
+    assert widget.status.text().startswith("Not started")
+    assert len(shown) == 1 and "1 class name(s) for 2 classes" in shown[0]
+    widget.set_options(class_names=["background", "nucleus"])
     widget.run_button.click()
     wait_idle(qtbot, widget, timeout=60_000)
     seg, prob = viewer.layers[SEG_NAME], viewer.layers[PROB_NAME]
+    # the name of the class under the cursor, in napari's status bar
+    y, x = np.argwhere(truth > 0)[len(np.argwhere(truth > 0)) // 2]
+    world = seg.data_to_world((y, x))
+    assert seg.data[y, x] == 2
+    assert "class: nucleus" in seg.get_status(world, world=True)["coordinates"]
     assert set(np.unique(seg.data)) == {1, 2}
     assert ((seg.data == 2) == (truth > 0)).mean() > 0.9
     # the results are not offered to the Train widget as training images
@@ -371,8 +385,9 @@ def test_semantic_classes_then_instances_reuse_the_output_layers(qtbot, segment_
     want = score_semantic(classes, np.asarray(seg.data))
     assert want.mean_iou > 0.7
     assert widget.metrics.text().startswith(f"mean IoU {want.mean_iou:.3f} · accuracy")
-    assert f"IoU per class 1: {want.class_iou[1]:.2f}, 2: {want.class_iou[2]:.2f}" in (
-        widget.metrics.text()
+    assert (
+        f"IoU per class 1 background: {want.class_iou[1]:.2f}, 2 nucleus: "
+        f"{want.class_iou[2]:.2f}" in widget.metrics.text()
     )
     # all classes as a stack, one plane per class in front of the image axes
     assert prob.data.shape == (2, *truth.shape)
@@ -389,6 +404,7 @@ def test_semantic_classes_then_instances_reuse_the_output_layers(qtbot, segment_
 
     n_layers = len(viewer.layers)
     widget.set_options(target="instances")
+    assert not widget.class_names_edit.isVisibleTo(widget)
     widget.run_button.click()
     wait_idle(qtbot, widget, timeout=60_000)
     assert len(viewer.layers) == n_layers

@@ -56,7 +56,9 @@ from ..core.segmenter import (
     PRETRAINED_LABELED_PATCHES,
     SegmenterModel,
     SegmenterTrainer,
+    check_class_names,
     make_segmenter_config,
+    parse_class_names,
     scribble_classes,
     shortened_note,
     undertrained_note,
@@ -691,6 +693,7 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         self._preview: tuple | None = None
         self._crops_warned: str | None = None  # the last warning about labels outside crops
         self._channel_axis = False  # the image's channels are a world axis (not RGB)
+        self._class_names: list[str] | None = None  # of the last run's semantic classes
         self._last_status = 0.0
         self._build()
         self._live_timer = QTimer(self)
@@ -797,6 +800,15 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         )
         form.addRow("Target", self.target_combo)
         self.target_combo.currentIndexChanged.connect(lambda *_: self._on_kind_changed())
+        self.class_names_edit = QLineEdit()
+        self.class_names_edit.setPlaceholderText("optional: background, tumour, stroma...")
+        self.class_names_edit.setToolTip(
+            "Names of the classes painted 1, 2, 3..., in order, separated by commas: the "
+            "result shows the name of the class under the cursor, the scores use them, and a "
+            "trained segmenter keeps them"
+        )
+        self.class_names_label = QLabel("Class names")
+        form.addRow(self.class_names_label, self.class_names_edit)
 
         self.mode_combo = combo_box([INSTANT, FINE_TUNE])
         self.mode_combo.setToolTip(
@@ -1032,6 +1044,8 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
             elif key == "axes":
                 self.axes_edit.setText(value)
                 self._on_axes_changed()
+            elif key == "class_names":
+                self.class_names_edit.setText(", ".join(value or ()))
             elif key == "spacing":
                 self.spacing_edit.setText(
                     "" if value is None else ", ".join(f"{v:g}" for v in value)
@@ -1167,6 +1181,8 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         self.target_combo.setEnabled(not masks)
         semantic = self.target_combo.currentText() == "semantic"
         self.hint.setText(MASK_HINT if masks else SEMANTIC_HINT if semantic else SCRIBBLE_HINT)
+        self.class_names_edit.setVisible(semantic)
+        self.class_names_label.setVisible(semantic)
         # labeled crops inside an otherwise unlabeled image only mean something for masks
         self.regions_row.setVisible(masks)
         self.regions_label.setVisible(masks)
@@ -1476,6 +1492,12 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         if regions_layer is not None:  # where the shapes lie; their mask is built later
             crops = crop_footprints(regions_layer, want, label_space(image, axes))
         target = "instances" if masks else self.target_combo.currentText()
+        names = None
+        if target == "semantic":
+            names = parse_class_names(self.class_names_edit.text())
+            if names is not None:
+                check_class_names(names, scribble_classes([labels], target))
+        self._class_names = names
         # only instances are split by distances
         spacing = self._voxel_size(image, axes) if target == "instances" else None
         self._spacing = spacing
@@ -1528,6 +1550,7 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
             seed=self.seed.value(),
             denoised_with=None if denoiser is None else denoiser.name,
             denoised_digest=None if denoiser is None else denoiser.weights_digest(),
+            class_names=names,
             **training,
         )
         config.postprocess.threshold = self.threshold.value()
@@ -1885,6 +1908,7 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         )
         layer = _put(self.viewer, Labels, names[0], labels, space, opacity=0.5)
         _class_or_object_colors(layer, semantic=target == "semantic")
+        _name_classes(layer, self._class_names if target == "semantic" else None)
         labels_layer = self.labels_combo.layer()
         if labels_layer is not None:  # keep painting where the user was, and see the strokes
             layers = self.viewer.layers
@@ -1932,7 +1956,12 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         if isinstance(scores, AesegError):
             self.metrics.setText(f"Ground truth not scored: {scores}")
         elif isinstance(scores, SemanticScores):
-            per = ", ".join(f"{k}: {v:.2f}" for k, v in scores.class_iou.items())
+            named = self._class_names if target == "semantic" else None
+
+            def title(k):
+                return f"{k} {named[k - 1]}" if named and 0 < k <= len(named) else f"{k}"
+
+            per = ", ".join(f"{title(k)}: {v:.2f}" for k, v in scores.class_iou.items())
             self.metrics.setText(
                 f"mean IoU {scores.mean_iou:.3f} · accuracy {scores.accuracy:.3f} · "
                 f"IoU per class {per}" + (f" (note: {scores.note})" if scores.note else "")
@@ -2009,6 +2038,15 @@ def class_colormap():
     from napari.utils.colormaps import DirectLabelColormap
 
     return DirectLabelColormap(color_dict=CLASS_COLORS)
+
+
+def _name_classes(layer: Labels, names: list[str] | None) -> None:
+    """Class names as the labels layer's features: napari shows the name of the class
+    under the cursor in its status bar. Without names, a table set before is dropped."""
+    if names:
+        layer.features = {"index": np.arange(1, len(names) + 1), "class": list(names)}
+    elif "class" in layer.features:
+        layer.features = {}
 
 
 def _class_or_object_colors(layer: Labels, *, semantic: bool) -> None:

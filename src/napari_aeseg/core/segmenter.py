@@ -155,6 +155,8 @@ class SegmenterConfig(_Strict):
     denoised_with: str | None = None
     #: SHA-256 of that denoiser's weights: another model of the same name is told apart
     denoised_digest: str | None = None
+    #: names of semantic classes 1..K (tissue types, organs), shown with the results
+    class_names: list[str] | None = None
 
     @field_validator("axes")
     @classmethod
@@ -171,6 +173,8 @@ class SegmenterConfig(_Strict):
             raise ValueError(f"patch sizes must be multiples of {div} (2**depth)")
         if self.labels_kind == "instances" and self.target != "instances":
             raise ValueError("instance masks train an instance segmenter (target 'instances')")
+        if self.class_names is not None:
+            check_class_names(self.class_names, self.n_classes)
         return self
 
     @property
@@ -194,6 +198,23 @@ def scribble_classes(labels: Sequence[np.ndarray], target: str) -> int:
     top = max(int(np.max(lab)) if np.size(lab) else 0 for lab in labels)
     check_class_numbering(np.unique(np.concatenate([np.unique(lab) for lab in labels])))
     return max(2, top)
+
+
+def parse_class_names(text: str | None) -> list[str] | None:
+    """``"background, tumour, stroma"`` as a list (None for an empty text)."""
+    names = [n.strip() for n in (text or "").split(",")]
+    return names if any(names) else None
+
+
+def check_class_names(names: Sequence[str], n_classes: int) -> None:
+    """One non-empty, distinct name per class 1..K, else :class:`InvalidInputError`."""
+    if len(names) != n_classes:
+        raise InvalidInputError(
+            f"{len(names)} class name(s) for {n_classes} classes (values 1..{n_classes}): "
+            "give one name per class, in order of their values, or none"
+        )
+    if not all(names) or len(set(names)) != len(names):
+        raise InvalidInputError(f"class names must be distinct and not empty: {list(names)}")
 
 
 def check_class_numbering(values: np.ndarray) -> None:
@@ -630,6 +651,7 @@ def make_segmenter_config(
     base_channels: int = 32,
     denoised_with: str | None = None,
     denoised_digest: str | None = None,
+    class_names: Sequence[str] | None = None,
     **training,
 ) -> SegmenterConfig:
     """A validated segmenter config; architecture and axes follow ``encoder`` when given.
@@ -672,6 +694,8 @@ def make_segmenter_config(
     else:
         training.setdefault("freeze_encoder_steps", 0)
     train_cfg = build(SegTrainingConfig, **training)
+    if class_names:
+        check_class_names(list(class_names), n_classes)
     return build(
         SegmenterConfig,
         axes=axes,
@@ -684,6 +708,7 @@ def make_segmenter_config(
         encoder=source,
         denoised_with=denoised_with or "",
         denoised_digest=denoised_digest,
+        class_names=list(class_names) if class_names else None,
     )
 
 
