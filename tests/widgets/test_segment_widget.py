@@ -402,8 +402,15 @@ def test_semantic_classes_then_instances_reuse_the_output_layers(
         seg.colormap.map(2)[:3], viewer.layers["noisy scribbles"].colormap.map(2)[:3]
     )
 
+    # a fine-tuned semantic segmenter keeps the names
+    widget.set_options(**{**TINY_SEG, "steps": 3})
+    widget.run_button.click()
+    wait_idle(qtbot, widget, timeout=60_000)
+    assert widget.model.config.class_names == ["background", "nucleus"]
+    assert viewer.layers[SEG_NAME].features["class"].tolist() == ["background", "nucleus"]
+
     n_layers = len(viewer.layers)
-    widget.set_options(target="instances")
+    widget.set_options(mode=INSTANT, target="instances")
     assert not widget.class_names_edit.isVisibleTo(widget)
     widget.run_button.click()
     wait_idle(qtbot, widget, timeout=60_000)

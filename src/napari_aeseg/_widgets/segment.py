@@ -1492,12 +1492,12 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         if regions_layer is not None:  # where the shapes lie; their mask is built later
             crops = crop_footprints(regions_layer, want, label_space(image, axes))
         target = "instances" if masks else self.target_combo.currentText()
-        names = None
+        class_names = None
         if target == "semantic":
-            names = parse_class_names(self.class_names_edit.text())
-            if names is not None:
-                check_class_names(names, scribble_classes([labels], target))
-        self._class_names = names
+            class_names = parse_class_names(self.class_names_edit.text())
+            if class_names is not None:
+                check_class_names(class_names, scribble_classes([labels], target))
+        self._class_names = class_names
         # only instances are split by distances
         spacing = self._voxel_size(image, axes) if target == "instances" else None
         self._spacing = spacing
@@ -1550,7 +1550,7 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
             seed=self.seed.value(),
             denoised_with=None if denoiser is None else denoiser.name,
             denoised_digest=None if denoiser is None else denoiser.weights_digest(),
-            class_names=names,
+            class_names=class_names,
             **training,
         )
         config.postprocess.threshold = self.threshold.value()
