@@ -835,5 +835,12 @@ def test_semantic_class_names_are_kept_with_the_model(files, capsys, tmp_path):
     assert "classes: 1 background, 2 nucleus" in capsys.readouterr().out
     err = _error(capsys, [*argv, "--class-names", "background, nucleus, other"])
     assert "3 class name(s) for 2 classes" in err
+    assert "not empty" in _error(capsys, [*argv, "--class-names", "a,,b"])
     instances = [a if a != "semantic" else "instances" for a in argv]
-    assert "add --target semantic" in _error(capsys, [*instances, "--class-names", "a, b"])
+    assert "use --target semantic" in _error(capsys, [*instances, "--class-names", "a, b"])
+    # a trailing comma is not a name; `segment --truth` scores the classes by name
+    assert main([*argv, "--class-names", "background, nucleus,", "--quiet"]) == 0
+    tifffile.imwrite(tmp_path / "truth.tif", (truth + 1).astype(np.uint8))
+    out = ["--out", str(tmp_path / "o"), "--truth", str(tmp_path / "truth.tif"), "--quiet"]
+    assert main(["segment", str(seg), image, *out]) == 0
+    assert "class IoU 1 background: " in capsys.readouterr().out

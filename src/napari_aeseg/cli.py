@@ -567,8 +567,11 @@ def _train_segmenter(args) -> int:
     _check_output_file(args.out)  # before any long work
     class_names = parse_class_names(args.class_names)
     if class_names is not None:  # before any denoising
-        if args.target != "semantic":
-            raise InvalidInputError("--class-names names semantic classes: add --target semantic")
+        if args.target != "semantic" or args.labels_kind != "scribbles":
+            raise InvalidInputError(
+                "--class-names names semantic classes painted as scribbles: use --target "
+                "semantic (with --labels-kind scribbles)"
+            )
         check_class_names(class_names, scribble_classes(labels, "semantic"))
     if denoiser is not None:
         for f in files:  # every image fits the denoiser before any is denoised
@@ -740,7 +743,8 @@ def _segment(args) -> int:
                     n_classes=model.config.n_classes,
                     frame_axes=frames,
                 )
-                print(f"{f.path.name}: {scores.summary()}")
+                named = {"names": model.config.class_names} if model.config.class_names else {}
+                print(f"{f.path.name}: {scores.summary(**named)}")
                 if getattr(scores, "note", None):
                     print(f"{f.path.name}: note: {scores.note}", file=sys.stderr)
             except InvalidInputError as exc:  # the results are written: say it, go on

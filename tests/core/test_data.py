@@ -71,6 +71,14 @@ def test_nan_and_non_numeric_refused():
             check_image(arr)
     big[1500, 1501] = 0
     assert check_image(big.T) is not None
+    # a channels-first view (not contiguous) is read a block at a time, without a copy
+    from napari_aeseg.core.data import _all_finite
+
+    stack = np.ones((10, 2, 30, 40), np.float32)
+    view = np.moveaxis(stack, 1, 0)
+    assert _all_finite(view, block=100) and _all_finite(view, block=5000)
+    stack[7, 1, 29, 39] = np.nan
+    assert not _all_finite(view, block=100) and not _all_finite(view, block=5000)
     with pytest.raises(InvalidInputError, match="numeric"):
         check_image(np.array([["a"]]))
 

@@ -451,6 +451,14 @@ def test_denoise_keeps_labelled_axes_and_fits_guesses_to_the_model(viewer_with_w
     # a guess (2-4 planes: channels) gives way to what fits a one-channel 2D model
     assert axes_for_model(movie, model("TYX", (4, 32, 32))) == "TYX"
     assert axes_for_model(movie, model("YX", (32, 32))) == "SYX"
+    # a movie of 6 frames of 3 planes is guessed as an ImageJ hyperstack (ZCYX); for a
+    # one-channel 2D model it is read as frames of planes, slice by slice
+    frames = viewer.add_image(rng.random((6, 3, 32, 32)), name="frames")
+    assert axes_for_model(frames, None) == "ZCYX"
+    assert axes_for_model(frames, model("YX", (32, 32))) == "TSYX"
+    # a layer that spaces that axis out (a Z step) is a movie of planes in the first place
+    spaced = viewer.add_image(rng.random((6, 3, 32, 32)), name="spaced", scale=(1, 2, 1, 1))
+    assert axes_for_model(spaced, None) == "TZYX"
 
 
 def test_denoise_warns_on_intensities_far_from_the_training_data(

@@ -295,14 +295,13 @@ def guess_layer_axes(layer: Image) -> str:
         guess = guess_axes(shape, rgb=layer.rgb)
     except AesegError:
         return ""
-    # a few leading planes are guessed to be channels, unless the layer spaces them out
-    if (
-        guess.startswith("C")
-        and "Z" not in guess
-        and not layer.rgb
-        and abs(float(layer.scale[0])) != 1.0
-    ):
-        guess = "Z" + guess[1:]
+    # a few planes are guessed to be channels, unless the layer spaces them out
+    c = guess.find("C")
+    if c >= 0 and not layer.rgb and abs(float(layer.scale[c])) != 1.0:
+        if c == 0 and "Z" not in guess:
+            guess = "Z" + guess[1:]
+        else:
+            guess = _CHANNELS_AS_PLANES.get(guess, (guess,))[0]
     return guess
 
 
@@ -315,11 +314,13 @@ def axes_for_model(layer, model) -> str:
     if model is None:
         return guess
     shape = tuple(layer_data(layer).shape)
-    candidates = [guess] if known else [model.config.axes, guess, guess.replace("C", "Z")]
+    candidates = [guess] if known else [model.config.axes, guess, *_other_readings(guess)]
     fitting = []
     for axes in candidates:
         if model.config.spatial_dims == 2 and "Z" in axes:
             axes = axes.replace("Z", "S")
+        if len(set(axes)) != len(axes):
+            continue
         try:
             model.check_layout(shape, axes)
         except AesegError:
@@ -328,6 +329,16 @@ def axes_for_model(layer, model) -> str:
     if fitting:
         return fitting[0]
     return guess.replace("Z", "S") if model.config.spatial_dims == 2 else guess
+
+
+#: where a guessed channel axis may be planes after all: each guess, and other readings
+_CHANNELS_AS_PLANES = {"ZCYX": ("TZYX",), "TZCYX": ("TCZYX",)}
+
+
+def _other_readings(guess: str) -> list[str]:
+    """Readings of a guess with its channels as planes (a movie of few planes is guessed
+    ZCYX, like an ImageJ hyperstack): tried when the guess does not fit a model."""
+    return [guess.replace("C", "Z"), *_CHANNELS_AS_PLANES.get(guess, ())]
 
 
 def spatial_metadata(layer: Image) -> dict:

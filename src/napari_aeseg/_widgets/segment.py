@@ -803,7 +803,8 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         self.class_names_edit = QLineEdit()
         self.class_names_edit.setPlaceholderText("optional: background, tumour, stroma...")
         self.class_names_edit.setToolTip(
-            "Names of the classes painted 1, 2, 3..., in order, separated by commas: the "
+            "Names of the classes painted 1, 2, 3..., in order, separated by commas (a name "
+            "cannot hold a comma): the "
             "result shows the name of the class under the cursor, the scores use them, and a "
             "trained segmenter keeps them"
         )
@@ -1044,8 +1045,9 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
             elif key == "axes":
                 self.axes_edit.setText(value)
                 self._on_axes_changed()
-            elif key == "class_names":
-                self.class_names_edit.setText(", ".join(value or ()))
+            elif key == "class_names":  # a list, or the text as typed
+                text = value if isinstance(value, str) else ", ".join(value or ())
+                self.class_names_edit.setText(text)
             elif key == "spacing":
                 self.spacing_edit.setText(
                     "" if value is None else ", ".join(f"{v:g}" for v in value)

@@ -129,13 +129,15 @@ def check_image(image: np.ndarray, *, name: str = "image") -> np.ndarray:
 
 def _all_finite(arr: np.ndarray, block: int = 1 << 24) -> bool:
     """Whether every value is finite: every value is read (one NaN in a large stack would
-    spread through the network or the features), in blocks, so memory stays small."""
-    if not arr.flags.c_contiguous:  # one slice at a time, not a copy of the whole
-        if arr.ndim > 1:
-            return all(_all_finite(np.ascontiguousarray(sub), block) for sub in arr)
+    spread through the network or the features), ``block`` values at a time along the
+    first axis, so memory stays small whatever the strides (views are not copied)."""
+    if arr.ndim == 0 or arr.size <= block:
         return bool(np.isfinite(arr).all())
-    flat = arr.reshape(-1)
-    return all(np.isfinite(flat[i : i + block]).all() for i in range(0, flat.size, block))
+    row = arr[0].size  # values per index of the first axis
+    if row > block:
+        return all(_all_finite(sub, block) for sub in arr)
+    step = block // row
+    return all(np.isfinite(arr[i : i + step]).all() for i in range(0, arr.shape[0], step))
 
 
 def _sample(arr: np.ndarray, max_values: int = 4_000_000) -> np.ndarray:

@@ -163,8 +163,13 @@ class SemanticScores:
         d["class_iou"] = {str(k): v for k, v in self.class_iou.items()}
         return d
 
-    def summary(self) -> str:
-        per = "  ".join(f"{k}: {v:.3f}" for k, v in self.class_iou.items())
+    def summary(self, names: list[str] | None = None) -> str:
+        """One line; ``names`` of classes 1..K (a segmenter's) go with their values."""
+
+        def title(k: int) -> str:
+            return f"{k} {names[k - 1]}" if names and 0 < k <= len(names) else f"{k}"
+
+        per = "  ".join(f"{title(k)}: {v:.3f}" for k, v in self.class_iou.items())
         return f"mean IoU {self.mean_iou:.3f}  accuracy {self.accuracy:.3f}  class IoU {per}"
 
 

@@ -174,6 +174,8 @@ class SegmenterConfig(_Strict):
         if self.labels_kind == "instances" and self.target != "instances":
             raise ValueError("instance masks train an instance segmenter (target 'instances')")
         if self.class_names is not None:
+            if self.target != "semantic":
+                raise ValueError("class names are for semantic classes (target 'semantic')")
             check_class_names(self.class_names, self.n_classes)
         return self
 
@@ -203,18 +205,20 @@ def scribble_classes(labels: Sequence[np.ndarray], target: str) -> int:
 def parse_class_names(text: str | None) -> list[str] | None:
     """``"background, tumour, stroma"`` as a list (None for an empty text)."""
     names = [n.strip() for n in (text or "").split(",")]
-    return names if any(names) else None
+    while names and not names[-1]:  # a trailing comma
+        names.pop()
+    return names or None
 
 
 def check_class_names(names: Sequence[str], n_classes: int) -> None:
     """One non-empty, distinct name per class 1..K, else :class:`InvalidInputError`."""
+    if not all(names) or len(set(names)) != len(names):
+        raise InvalidInputError(f"class names must be distinct and not empty: {list(names)}")
     if len(names) != n_classes:
         raise InvalidInputError(
             f"{len(names)} class name(s) for {n_classes} classes (values 1..{n_classes}): "
             "give one name per class, in order of their values, or none"
         )
-    if not all(names) or len(set(names)) != len(names):
-        raise InvalidInputError(f"class names must be distinct and not empty: {list(names)}")
 
 
 def check_class_numbering(values: np.ndarray) -> None:
@@ -695,6 +699,8 @@ def make_segmenter_config(
         training.setdefault("freeze_encoder_steps", 0)
     train_cfg = build(SegTrainingConfig, **training)
     if class_names:
+        if target != "semantic":
+            raise InvalidInputError("class names are for semantic classes (target 'semantic')")
         check_class_names(list(class_names), n_classes)
     return build(
         SegmenterConfig,
