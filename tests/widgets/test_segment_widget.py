@@ -635,10 +635,15 @@ def test_channels_behind_z_are_moved_to_the_front_for_labels_to_line_up(
     widget.set_options(image="hyper", mode=INSTANT)
     assert widget.axes_edit.text() == "ZCYX", "2 behind 6: guessed as channels behind Z"
     assert widget.channels_first_button.isVisibleTo(widget)
+    assert "come after its Z axis (ZCYX)" in widget.status.text(), "said on choosing it"
     assert widget.new_scribble_layer() is None
     assert len(shown) == 1 and "come after its Z axis (ZCYX)" in shown[0]
 
+    viewer.dims.set_current_step(0, 3)  # plane 3
+    viewer.dims.set_current_step(1, 1)  # channel 1
     widget.channels_first()
+    # the sliders stay on the plane and channel that were on screen, by axis
+    assert tuple(viewer.dims.current_step[:2]) == (1, 3)
     assert [ly.name for ly in viewer.layers] == ["hyper"], "the same layer, not a second"
     assert image.data.shape == (2, 6, 40, 40) and np.shares_memory(image.data, zcyx)
     np.testing.assert_allclose(image.scale, (1.0, 2.0, 0.5, 0.5))

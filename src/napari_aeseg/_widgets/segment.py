@@ -1122,9 +1122,10 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         self.run_button.setToolTip(self._run_tip(frames))
         self.patch_size_z.setEnabled("Z" in self.axes_edit.text().strip().upper())
         image = self.image_combo.layer()
-        self.channels_first_button.setVisible(
-            image is not None and buried_channels(image, axes) is not None
-        )
+        note = buried_channels_note(image, axes) if image is not None else None
+        self.channels_first_button.setVisible(note is not None)
+        if note:  # said now, not only when a button is pressed
+            self.status.setText(note[0].upper() + note[1:] + ".")
         self._show_layer_scale()
         self._update_buttons()
 
@@ -1350,6 +1351,8 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
             else np.moveaxis(image.data, c, 0)
         )
         limits = image.contrast_limits
+        viewer = self.viewer
+        shown = image.world_to_data(viewer.dims.point)  # the plane and channel on screen
         image.data = moved
         image.scale = [meta["scale"][i] for i in order]
         image.translate = [meta["translate"][i] for i in order]
@@ -1357,6 +1360,13 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
             image.units = [meta["units"][i] for i in order]
         image.axis_labels = [a.lower() for a in front]  # read back as the axes next time
         image.contrast_limits = limits
+        # the sliders keep their places by position, not by axis: put them back on the
+        # channel and plane that were on screen
+        world = image.data_to_world([shown[i] for i in order])
+        lead = viewer.dims.ndim - image.ndim
+        for k, value in enumerate(world):
+            if lead + k not in viewer.dims.displayed:
+                viewer.dims.set_point(lead + k, value)
         self.axes_edit.setText(front)
         self._on_image_changed()
         self.status.setText(
