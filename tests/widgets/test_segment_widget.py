@@ -412,6 +412,7 @@ def test_semantic_classes_then_instances_reuse_the_output_layers(
     n_layers = len(viewer.layers)
     widget.set_options(mode=INSTANT, target="instances")
     assert not widget.class_names_edit.isVisibleTo(widget)
+    assert widget.status.text() == "Target is now instances: press Update to see it."
     widget.run_button.click()
     wait_idle(qtbot, widget, timeout=60_000)
     assert len(viewer.layers) == n_layers

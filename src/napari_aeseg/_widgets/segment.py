@@ -800,6 +800,7 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         )
         form.addRow("Target", self.target_combo)
         self.target_combo.currentIndexChanged.connect(lambda *_: self._on_kind_changed())
+        self.target_combo.currentIndexChanged.connect(lambda *_: self._on_target_changed())
         self.class_names_edit = QLineEdit()
         self.class_names_edit.setPlaceholderText("optional: background, tumour, stroma...")
         self.class_names_edit.setToolTip(
@@ -1189,6 +1190,13 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         # labeled crops inside an otherwise unlabeled image only mean something for masks
         self.regions_row.setVisible(masks)
         self.regions_label.setVisible(masks)
+
+    def _on_target_changed(self) -> None:
+        """The status still tells the last run's result: say that it was another target."""
+        if not self._running and self.status.text().startswith("Done"):
+            target = self.target_combo.currentText()
+            button = self.run_button.text().replace("&&", "&")
+            self.status.setText(f"Target is now {target}: press {button} to see it.")
 
     def _on_mode_changed(self) -> None:
         instant = self.instant
