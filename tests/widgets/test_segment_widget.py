@@ -637,6 +637,7 @@ def test_channels_behind_z_are_moved_to_the_front_for_labels_to_line_up(
     assert widget.axes_edit.text() == "ZCYX", "2 behind 6: guessed as channels behind Z"
     assert widget.channels_first_button.isVisibleTo(widget)
     assert "come after its Z axis (ZCYX)" in widget.status.text(), "said on choosing it"
+    assert "holds planes of a movie, type TZYX in Axes" in widget.status.text()
     assert widget.new_scribble_layer() is None
     assert len(shown) == 1 and "come after its Z axis (ZCYX)" in shown[0]
 
@@ -665,6 +666,21 @@ def test_channels_behind_z_are_moved_to_the_front_for_labels_to_line_up(
     seg = viewer.layers[output_names("hyper")[0]]
     assert seg.data.shape == (6, 40, 40)
     assert score_instances(s.labels, np.asarray(seg.data)).pixel_iou > 0.6
+
+
+def test_a_movie_of_few_planes_guessed_as_a_hyperstack_is_read_as_typed(make_napari_viewer):
+    """6 frames of 2 planes look like an ImageJ hyperstack (ZCYX) to the guess; the note
+    names the movie reading, and once TZYX is typed the labels have the movie's shape."""
+    movie = np.zeros((6, 2, 40, 40), np.float32)
+    viewer = make_napari_viewer()
+    viewer.add_image(movie, name="movie")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-aeseg", "Segment")
+    widget.set_options(image="movie", mode=INSTANT)
+    assert "type TZYX in Axes" in widget.status.text()
+    widget.axes_edit.setText("TZYX")
+    widget.axes_edit.textEdited.emit("TZYX")  # as typing does
+    assert not widget.channels_first_button.isVisibleTo(widget)
+    assert widget.new_scribble_layer().data.shape == (6, 2, 40, 40)
 
 
 def test_channels_split_into_layers_merge_to_one_image_with_channels_first(

@@ -301,7 +301,7 @@ def guess_layer_axes(layer: Image) -> str:
         if c == 0 and "Z" not in guess:
             guess = "Z" + guess[1:]
         else:
-            guess = _CHANNELS_AS_PLANES.get(guess, (guess,))[0]
+            guess = CHANNELS_AS_PLANES.get(guess, (guess,))[0]
     return guess
 
 
@@ -332,13 +332,13 @@ def axes_for_model(layer, model) -> str:
 
 
 #: where a guessed channel axis may be planes after all: each guess, and other readings
-_CHANNELS_AS_PLANES = {"ZCYX": ("TZYX",), "TZCYX": ("TCZYX",)}
+CHANNELS_AS_PLANES = {"ZCYX": ("TZYX",), "TZCYX": ("TCZYX",)}
 
 
 def _other_readings(guess: str) -> list[str]:
     """Readings of a guess with its channels as planes (a movie of few planes is guessed
     ZCYX, like an ImageJ hyperstack): tried when the guess does not fit a model."""
-    return [guess.replace("C", "Z"), *_CHANNELS_AS_PLANES.get(guess, ())]
+    return [guess.replace("C", "Z"), *CHANNELS_AS_PLANES.get(guess, ())]
 
 
 def spatial_metadata(layer: Image) -> dict:

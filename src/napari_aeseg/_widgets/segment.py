@@ -66,6 +66,7 @@ from ..core.segmenter import (
 from ..core.tiling import Cancelled, TileProgress
 from ..core.training import TrainingProgress
 from ._common import (
+    CHANNELS_AS_PLANES,
     DeviceCombo,
     Failure,
     ImageLayerCombo,
@@ -81,6 +82,7 @@ from ._common import (
     format_seconds,
     guess_layer_axes,
     is_output,
+    labelled_axes,
     layer_data,
     output_layer,
     report_failure,
@@ -434,11 +436,16 @@ def buried_channels_note(layer, axes: str) -> str | None:
         return None
     front = axes[c] + axes[:c] + axes[c + 1 :]
     before = ", ".join(axes[:c])
-    return (
+    note = (
         f"the channels of '{layer.name}' come after its {before} ax{'is' if c == 1 else 'es'} "
         f"({axes}); napari lines up layers by their last axes, so labels would sit on its "
         f"channels: press 'Channels first' to show it as {front}"
     )
+    # a movie of a few planes is guessed the same way (ImageJ hyperstacks are commoner)
+    movie = CHANNELS_AS_PLANES.get(axes, ())
+    if movie and labelled_axes(layer) is None and axes == guess_layer_axes(layer):
+        note += f", or, if its {axes[c]} axis holds planes of a movie, type {movie[0]} in Axes"
+    return note
 
 
 def _linear_parts(layer) -> list[np.ndarray]:
