@@ -575,6 +575,10 @@ def test_segment_a_stack_with_its_voxel_size(tmp_path, capsys):
             assert meta["spacing"] == pytest.approx(0.9) and meta["unit"] == "micron"
             x_res = tif.pages[0].tags["XResolution"].value
             assert x_res[1] / x_res[0] == pytest.approx(0.3)
+            if name == "prob":  # each plane named by its class, plane after plane
+                n = tif.series[0].shape[1]
+                names = ["background", "object", "boundary"][:n]
+                assert meta["Labels"] == names * tif.series[0].shape[0]
 
     # an OME-TIFF that gives no Z size: cubic voxels, and the user is told
     xy_only = tmp_path / "xy.ome.tif"
@@ -844,3 +848,9 @@ def test_semantic_class_names_are_kept_with_the_model(files, capsys, tmp_path):
     out = ["--out", str(tmp_path / "o"), "--truth", str(tmp_path / "truth.tif"), "--quiet"]
     assert main(["segment", str(seg), image, *out]) == 0
     assert "class IoU 1 background: " in capsys.readouterr().out
+    # the files name the classes: a table of the label values, and the probability planes
+    written = tmp_path / "o"
+    assert (written / "noisy_classes.csv").read_text() == "label,name\n1,background\n2,nucleus\n"
+    with tifffile.TiffFile(written / "noisy_prob.tif") as tif:
+        assert tif.imagej_metadata["Labels"] == ["background", "nucleus"]
+        assert tif.asarray().shape[0] == 2

@@ -645,6 +645,7 @@ def _segment(args) -> int:
     from .core.denoiser import DenoiserModel
     from .core.image_io import ensure_output_dir, read_image, write_tiff
     from .core.metrics import score_segmentation
+    from .core.model_io import atomic_write_bytes
     from .core.segmenter import SegmenterModel, denoising_note
 
     if args.truth and len(args.truth) != len(args.images):
@@ -652,7 +653,7 @@ def _segment(args) -> int:
     stems = _output_stems(
         args.images,
         Path(args.out),
-        ("_labels.tif", "_prob.tif", "_uncertainty.tif"),
+        ("_labels.tif", "_prob.tif", "_uncertainty.tif", "_classes.csv"),
         also=args.truth or (),
     )
     model = SegmenterModel.load(args.model)
@@ -727,12 +728,25 @@ def _segment(args) -> int:
             lead = sum(a in "TZ" for a in out_axes)
             probs = np.moveaxis(probs, 0, lead)
             prob_axes = out_axes[:lead] + "C" + out_axes[lead:]
-        for suffix, array, array_axes in (
-            ("labels", result.labels, out_axes),
-            ("prob", probs, prob_axes),
-            ("uncertainty", result.uncertainty, out_axes),
+        names = probability_names(model.config, result.probabilities.shape[0])
+        for suffix, array, array_axes, channels in (
+            ("labels", result.labels, out_axes, None),
+            ("prob", probs, prob_axes, names if prob_axes else None),
+            ("uncertainty", result.uncertainty, out_axes, None),
         ):
-            write_tiff(f"{stem}_{suffix}.tif", array, axes=array_axes, spacing=space, unit=unit)
+            write_tiff(
+                f"{stem}_{suffix}.tif",
+                array,
+                axes=array_axes,
+                spacing=space,
+                unit=unit,
+                channel_names=channels,
+            )
+        if model.config.class_names:  # what each value of the labels means
+            rows = "".join(
+                f"{i},{_csv_field(n)}\n" for i, n in enumerate(model.config.class_names, 1)
+            )
+            atomic_write_bytes(f"{stem}_classes.csv", ("label,name\n" + rows).encode())
         if truth is not None:
             frames = len(layout.sample_axes)
             try:
@@ -755,11 +769,28 @@ def _segment(args) -> int:
                 found = f"{n} object{'s' if n != 1 else ''}"
             else:
                 found = f"{model.config.n_classes} classes"
+            named = ", _classes.csv" if model.config.class_names else ""
             print(
-                f"wrote {stem}_labels.tif ({found}) and _prob.tif, _uncertainty.tif",
+                f"wrote {stem}_labels.tif ({found}) and _prob.tif, _uncertainty.tif{named}",
                 file=sys.stderr,
             )
     return 0
+
+
+def probability_names(config, n: int) -> list[str]:
+    """Names of a segmenter's ``n`` probability channels: its classes, or for instances
+    background, object (and boundary)."""
+    if config.target == "semantic":
+        names = list(config.class_names or [])
+        return names if len(names) == n else [f"class {i}" for i in range(1, n + 1)]
+    return ["background", "object", "boundary"][:n]
+
+
+def _csv_field(text: str) -> str:
+    """One CSV field, quoted where it holds a comma, a quote or a line break."""
+    if any(c in text for c in ',"\n\r'):
+        return '"' + text.replace('"', '""') + '"'
+    return text
 
 
 def _frame_axes(axes: str | None, shape: tuple[int, ...]) -> int:

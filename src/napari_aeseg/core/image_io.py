@@ -338,9 +338,12 @@ def write_tiff(
     axes: str | None = None,
     spacing: dict[str, float] | None = None,
     unit: str | None = None,
+    channel_names: list[str] | None = None,
 ) -> Path:
     """Write a (compressed) TIFF atomically, keeping the array's dtype and voxel ``spacing``
-    (in ``unit``; by default the unit ``spacing`` carries, if any).
+    (in ``unit``; by default the unit ``spacing`` carries, if any), and naming the planes
+    of its channel axis ``C`` by ``channel_names`` (ImageJ's slice labels, which Fiji shows
+    above each plane; in the JSON metadata otherwise).
 
     Where ImageJ can hold the array (8-bit, 16-bit or float32; axes in its order T, Z, C,
     Y, X; under 4 GB) the file is an ImageJ hyperstack, so that Fiji opens it with its axes
@@ -381,11 +384,26 @@ def write_tiff(
     elif clean:
         # in the JSON metadata only: the sizes carry no unit, and a resolution tag needs one
         kwargs["metadata"] = {**kwargs.get("metadata", {}), "spacing": dict(clean)}
+    if channel_names is not None:
+        _name_channels(kwargs, data.shape, axes, list(channel_names))
     try:
         tifffile.imwrite(buf, data, compression="zlib", **kwargs)
     except (ValueError, TypeError) as exc:
         raise OutputError(f"cannot write '{path}' as TIFF: {exc}") from None
     return atomic_write_bytes(path, buf.getvalue())
+
+
+def _name_channels(kwargs: dict, shape: tuple[int, ...], axes: str | None, names: list) -> None:
+    """Put ``names`` of the channel axis into ``write_tiff``'s tifffile arguments."""
+    if axes is None or "C" not in axes or shape[axes.index("C")] != len(names):
+        raise OutputError(f"{len(names)} channel name(s) for axes {axes} of shape {shape}")
+    meta = kwargs.setdefault("metadata", {})
+    if not kwargs.get("imagej"):
+        meta["channel_names"] = names
+        return
+    # one label per plane, planes in ImageJ's order (T, Z, then C, the fastest)
+    planes = int(np.prod([n for a, n in zip(axes, shape, strict=True) if a in "TZC"]))
+    meta["Labels"] = [names[i % len(names)] for i in range(planes)]
 
 
 def _imagej_fits(data: np.ndarray, axes: str | None, photometric: str) -> bool:
