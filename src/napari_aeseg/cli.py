@@ -161,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--class-names",
         default=None,
         help="semantic classes 1, 2, 3... by name, comma-separated (e.g. "
-        "'background,tumour,stroma'); the model keeps them",
+        "'background,tumour,stroma'; a name with a comma in double quotes); the model "
+        "keeps them",
     )
     s.add_argument(
         "--joint",

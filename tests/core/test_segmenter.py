@@ -686,13 +686,6 @@ def test_classic_features_are_scikit_images_with_3d_eigenvalues_in_closed_form()
         ref = multiscale_basic_features((image - lo) / (hi - lo), sigma_min=1, sigma_max=16)
         assert ours.shape == (ref.shape[-1], *shape) and ours.dtype == np.float32
         np.testing.assert_allclose(ours, np.moveaxis(ref, -1, 0), atol=2e-6)
-    from napari_aeseg.core.segmenter import make_segmenter_config, parse_class_names
-
-    assert parse_class_names(" a, b ,") == ["a", "b"] and parse_class_names(" , ") is None
-    with pytest.raises(InvalidInputError, match="for semantic classes"):
-        make_segmenter_config((32, 32), target="instances", class_names=["a", "b"])
-    with pytest.raises(InvalidInputError, match="not empty"):
-        make_segmenter_config((32, 32), target="semantic", n_classes=3, class_names=["a", "", "c"])
     with pytest.raises(InvalidInputError, match="1 pixel long along Z"):
         classic_features(np.ones((1, 20, 20), np.float32), axes="ZYX")
     # random, repeated, zero and diagonal matrices, against LAPACK, largest first
@@ -707,3 +700,16 @@ def test_classic_features_are_scikit_images_with_3d_eigenvalues_in_closed_form()
     got = np.stack(hessian_eigenvalues(upper, block=64), axis=1)
     want = np.linalg.eigvalsh(m)[:, ::-1]
     np.testing.assert_allclose(got, want, atol=1e-6 * np.abs(want).max())
+
+
+def test_class_names_are_parsed_and_checked():
+    """Comma-separated names (a trailing comma dropped, a quoted name may hold a comma);
+    names only for semantic targets, and none empty."""
+    from napari_aeseg.core.segmenter import make_segmenter_config, parse_class_names
+
+    assert parse_class_names(" a, b ,") == ["a", "b"] and parse_class_names(" , ") is None
+    assert parse_class_names('"grade 1, 2", stroma') == ["grade 1, 2", "stroma"]
+    with pytest.raises(InvalidInputError, match="for semantic classes"):
+        make_segmenter_config((32, 32), target="instances", class_names=["a", "b"])
+    with pytest.raises(InvalidInputError, match="not empty"):
+        make_segmenter_config((32, 32), target="semantic", n_classes=3, class_names=["a", "", "c"])

@@ -812,7 +812,7 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         self.class_names_edit.setPlaceholderText("optional: background, tumour, stroma...")
         self.class_names_edit.setToolTip(
             "Names of the classes painted 1, 2, 3..., in order, separated by commas (a name "
-            "cannot hold a comma): the "
+            'that holds a comma goes in double quotes: "grade 1, 2"): the '
             "result shows the name of the class under the cursor, the scores use them, and a "
             "trained segmenter keeps them"
         )

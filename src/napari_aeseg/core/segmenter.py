@@ -203,8 +203,15 @@ def scribble_classes(labels: Sequence[np.ndarray], target: str) -> int:
 
 
 def parse_class_names(text: str | None) -> list[str] | None:
-    """``"background, tumour, stroma"`` as a list (None for an empty text)."""
-    names = [n.strip() for n in (text or "").split(",")]
+    """``"background, tumour, stroma"`` as a list (None for an empty text). A name that
+    holds a comma is put in double quotes, as in a CSV file: ``"grade 1, 2", stroma``."""
+    import csv
+
+    try:
+        fields = next(csv.reader([text or ""], skipinitialspace=True), [])
+    except csv.Error as exc:
+        raise InvalidInputError(f"cannot read the class names {text!r}: {exc}") from None
+    names = [n.strip() for n in fields]
     while names and not names[-1]:  # a trailing comma
         names.pop()
     return names or None
