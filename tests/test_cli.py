@@ -720,6 +720,13 @@ def test_batch_outputs_never_overwrite_inputs_and_large_batches_are_read_in_turn
         ["denoise", str(model_file), str(a / "img.tif"), str(b / "img.tif"), "--out", str(out)],
     )
     assert "would both be written to" in err and not out.exists()
+    # also when the names differ in case only (one file on macOS and Windows)
+    tifffile.imwrite(b / "IMG.tif", noisy)
+    err = _error(
+        capsys,
+        ["denoise", str(model_file), str(a / "img.tif"), str(b / "IMG.tif"), "--out", str(out)],
+    )
+    assert "would both be written to" in err and not out.exists()
     # a segmentation's outputs must not replace its ground truth either
     tifffile.imwrite(a / "other_labels.tif", np.zeros(noisy.shape, np.uint16))
     err = _error(

@@ -453,14 +453,15 @@ def _output_stems(paths, out_dir: Path, suffixes: tuple[str, ...], also=()) -> l
     """``out_dir / <stem>`` for each input, refused before any work when two inputs share a
     stem or an output would overwrite an input (or one of the files ``also`` reads)."""
     stems = [out_dir / Path(p).stem for p in paths]
-    seen: dict[Path, str] = {}
+    seen: dict[str, str] = {}
     for p, stem in zip(paths, stems, strict=True):
-        if stem in seen:
+        key = stem.name.casefold()  # a.tif and A.tif are one file on macOS and Windows
+        if key in seen:
             raise InvalidInputError(
-                f"'{seen[stem]}' and '{p}' would both be written to {stem}{suffixes[0]}; "
+                f"'{seen[key]}' and '{p}' would both be written to {stem}{suffixes[0]}; "
                 "give inputs with different names or run them one at a time"
             )
-        seen[stem] = str(p)
+        seen[key] = str(p)
     inputs = {Path(p).resolve() for p in (*paths, *also)}
     for stem in stems:
         for suffix in suffixes:
