@@ -6,6 +6,9 @@ from .core.noise import add_noise
 from .core.samples import load_sample
 from .core.synthetic import synthetic_nuclei
 
+#: ``metadata`` of a sample's ground-truth labels: offered for scoring, never as scribbles
+GROUND_TRUTH_METADATA = {"napari_aeseg": "ground truth"}
+
 
 def nuclei_2d() -> list[tuple]:
     """Real noisy fluorescence nuclei (512x512) and their ground-truth instance labels."""
@@ -13,7 +16,12 @@ def nuclei_2d() -> list[tuple]:
         (load_sample("nuclei_2d"), {"name": "nuclei", "colormap": "gray"}, "image"),
         (
             load_sample("nuclei_2d_labels"),
-            {"name": "nuclei ground truth", "opacity": 0.4},
+            {
+                "name": "nuclei ground truth",
+                "opacity": 0.4,
+                "visible": False,
+                "metadata": dict(GROUND_TRUTH_METADATA),
+            },
             "labels",
         ),
     ]
@@ -48,7 +56,12 @@ def _synthetic(shape: tuple[int, ...], name: str) -> list[tuple]:
         (noisy, {"name": f"{name} noisy", "colormap": "gray"}, "image"),
         (
             sample.labels,
-            {"name": f"{name} ground truth", "opacity": 0.4, "visible": False},
+            {
+                "name": f"{name} ground truth",
+                "opacity": 0.4,
+                "visible": False,
+                "metadata": dict(GROUND_TRUTH_METADATA),
+            },
             "labels",
         ),
     ]

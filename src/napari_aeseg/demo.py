@@ -386,7 +386,11 @@ def _show(noisy, denoised, model, result, truth, scribbles, quiet: bool) -> None
         result.probabilities[1], name="nucleus probability", colormap="magma", visible=False
     )
     viewer.add_labels(result.labels, name="nuclei (segmented)", opacity=0.5)
-    viewer.add_labels(truth, name="ground truth", visible=False)
+    from ._sample_data import GROUND_TRUTH_METADATA
+
+    viewer.add_labels(
+        truth, name="ground truth", visible=False, metadata=dict(GROUND_TRUTH_METADATA)
+    )
     viewer.add_labels(scribbles, name="scribbles")
     try:
         from ._widgets.segment import class_colormap

@@ -65,6 +65,35 @@ def test_widgets_dock_through_the_manifest(make_napari_viewer):
     assert train.layer_list.count() == 1 and denoise.layer_combo.count() == 1
 
 
+def test_inputs_default_to_the_users_image_and_the_samples_truth_is_for_scoring(
+    make_napari_viewer,
+):
+    """After training, the (active) preview layer is no input; a result is not the
+    default input either; a sample's ground truth is offered for scoring, not as labels."""
+    from napari.layers import Image
+
+    from napari_aeseg._widgets._common import PREVIEW_METADATA, add_output
+
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-aeseg", "nuclei_2d")
+    assert not viewer.layers["nuclei ground truth"].visible
+    denoised = Image(np.zeros((512, 512), np.float32), name="nuclei denoised")
+    add_output(viewer, denoised, "nuclei denoised")  # as the Denoise widget adds it
+    viewer.add_image(np.zeros((256, 256), np.float32), name="nuclei preview",
+                     metadata=dict(PREVIEW_METADATA))  # fmt: skip
+    assert viewer.layers.selection.active.name == "nuclei preview"
+    _, denoise = viewer.window.add_plugin_dock_widget("napari-aeseg", "Denoise")
+    _, segment = viewer.window.add_plugin_dock_widget("napari-aeseg", "Segment")
+    for combo in (denoise.layer_combo, segment.image_combo):
+        items = [combo.itemText(i) for i in range(combo.count())]
+        assert items == ["nuclei", "nuclei denoised"] and combo.currentText() == "nuclei"
+    assert segment.labels_combo.count() == 0, "the truth is not offered as scribbles"
+    assert segment.truth_combo.currentText() == "nuclei ground truth"
+    segment.new_scribble_layer()
+    assert segment.labels_combo.currentText() == "nuclei scribbles"
+    assert segment.truth_combo.currentText() == "nuclei ground truth"
+
+
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory, nuclei):
     model = train_denoiser(

@@ -441,7 +441,18 @@ def test_instant_on_encoder_features_of_the_denoised_image(
     assert id(tiny_denoiser) in key
 
 
-def test_live_update_with_one_class_says_so_quietly(qtbot, segment_viewer, cells, shown):
+def test_live_update_with_one_class_says_so_quietly(
+    qtbot, segment_viewer, cells, shown, monkeypatch
+):
+    """Strokes of one class wait for a second class without computing features (tens of
+    seconds on a stack); features computed for a fit that failed are kept."""
+    import napari_aeseg._widgets.segment as segment
+
+    computed = []
+    original = segment.classic_features
+    monkeypatch.setattr(
+        segment, "classic_features", lambda *a, **k: computed.append(1) or original(*a, **k)
+    )
     viewer, widget = segment_viewer
     layer = widget.new_scribble_layer()
     widget.set_options(mode=INSTANT, live=True)
@@ -451,6 +462,18 @@ def test_live_update_with_one_class_says_so_quietly(qtbot, segment_viewer, cells
     assert "only label 2" in widget.status.text()
     assert shown == [], "no notification for every stroke while the user paints"
     assert SEG_NAME not in viewer.layers
+    assert computed == [], "no features for scribbles that cannot be fitted"
+    # classes 2 and 4 (a gap) are refused by the fit itself, after the features
+    widget.set_options(target="semantic")
+    ys0, xs0 = np.nonzero(cells[1] == 0)
+    widget.status.setText("")
+    layer.paint((ys0[0], xs0[0]), 4)
+    qtbot.waitUntil(lambda: "Live update waits" in widget.status.text(), timeout=30_000)
+    assert computed == [1] and len(widget._features) == 1, "kept for the next stroke"
+    layer.paint((ys0[-1], xs0[-1]), 1)
+    layer.paint((ys0[len(ys0) // 2], xs0[len(xs0) // 2]), 3)
+    qtbot.waitUntil(lambda: SEG_NAME in viewer.layers, timeout=30_000)
+    assert computed == [1], "the kept features were used"
 
 
 def test_closing_the_dock_stops_a_run(qtbot, segment_viewer, cells):

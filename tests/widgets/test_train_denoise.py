@@ -135,7 +135,8 @@ def test_deleting_the_input_layer_while_training(qtbot, viewer_with_widgets, err
     wait_idle(qtbot, train)
     assert errors == []
     assert train.model.trained_steps == 60
-    assert denoise.layer_combo.count() == 1  # only the preview layer is left
+    assert len(viewer.layers) == 1, "only the preview layer is left"
+    assert denoise.layer_combo.count() == 0, "and it is no input to denoise"
 
 
 def test_closing_the_viewer_stops_training(qtbot, make_napari_viewer, nuclei):

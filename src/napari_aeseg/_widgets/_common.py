@@ -388,6 +388,13 @@ def is_preview(layer) -> bool:
     return layer.metadata.get("napari_aeseg") == PREVIEW_METADATA["napari_aeseg"]
 
 
+def is_ground_truth(layer) -> bool:
+    """A sample's (or the demo's) ground truth: for scoring, not for training."""
+    from .._sample_data import GROUND_TRUTH_METADATA
+
+    return layer.metadata.get("napari_aeseg") == GROUND_TRUTH_METADATA["napari_aeseg"]
+
+
 #: ``layer.metadata`` keys naming the output a layer holds ("nuclei segmentation"...) and
 #: the layer's own ``unique_id``: a run updates only layers it made, found by this mark, never
 #: a user's layer of the same name, nor a copy the user made of an output (napari copies the
@@ -460,7 +467,8 @@ class ImageLayerCombo(_FollowsLayers, QComboBox):
         self._follow(viewer)
 
     def _refresh(self) -> None:
-        layers = image_layers(self._viewer)
+        # the Train widget's preview (a denoised crop) is no input; it is active when added
+        layers = [ly for ly in image_layers(self._viewer) if not is_preview(ly)]
         self._watch_names(layers)
         current = self.currentText()
         names = [ly.name for ly in layers]
@@ -470,10 +478,13 @@ class ImageLayerCombo(_FollowsLayers, QComboBox):
         self.clear()
         self.addItems(names)
         active = self._viewer.layers.selection.active
+        inputs = [ly.name for ly in layers if not is_output(ly)]
         if current in names:
             self.setCurrentText(current)
-        elif isinstance(active, Image):
+        elif isinstance(active, Image) and active.name in names:
             self.setCurrentText(active.name)
+        elif inputs:  # a user's image rather than one of the plugin's results
+            self.setCurrentText(inputs[-1])
         self.blockSignals(False)
         if self.currentText() != current:  # not on every change of the layer list
             self.layer_changed.emit()

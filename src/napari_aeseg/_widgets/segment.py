@@ -81,6 +81,7 @@ from ._common import (
     combo_box,
     format_seconds,
     guess_layer_axes,
+    is_ground_truth,
     is_output,
     labelled_axes,
     layer_data,
@@ -164,6 +165,33 @@ class Segmented:
 @dataclass(frozen=True)
 class Stopped:
     model: SegmenterModel | None
+
+
+@dataclass(frozen=True)
+class FailedFit(Failure):
+    """The instant classifier's fit failed after its features were computed: they are
+    kept for the next try (a stack's take tens of seconds)."""
+
+    features: np.ndarray | None = None
+    features_key: tuple | None = None
+    other_samples: dict | None = None
+
+
+def check_two_classes(scribbles, others=()) -> None:
+    """Refuse, before any features are computed, scribbles of fewer than two classes in
+    the frame and the other painted frames (as the classifier's fit would, later)."""
+    present: set = set()
+    for lab in (scribbles, *(o[2] for o in others)):
+        lab = np.asarray(lab)
+        present.update(np.unique(lab[lab > 0]).tolist())
+        if len(present) >= 2:
+            return
+    if not present:
+        raise InvalidInputError("no pixel is annotated: paint some scribbles first")
+    raise InvalidInputError(
+        f"only label {int(next(iter(present)))} is annotated; paint at least two classes "
+        "(e.g. 1 = background and 2 = foreground)"
+    )
 
 
 class SegmentJob(WorkerJob):
@@ -291,6 +319,7 @@ class SegmentJob(WorkerJob):
         predict and split only that plane (a live preview: one plane costs a fraction of a
         second where a stack of 60 x 256 x 256 takes seconds).
         """
+        learnt: dict = {}
         try:
 
             def compute(data):
@@ -300,10 +329,10 @@ class SegmentJob(WorkerJob):
                     return encoder_features(encoder, data, axes=axes, device=device)
                 return classic_features(data, axes=axes)
 
+            check_two_classes(scribbles, others)  # before tens of seconds of features
             if features is None:
                 yield Stage("Computing features (once per frame)...")
                 features = yield from compute(image)
-            learnt = {}
             missing = [o for o in others if o[3] is None]
             for i, (key, data, lab, _) in enumerate(missing):
                 if self.stop_requested.is_set():
@@ -356,7 +385,9 @@ class SegmentJob(WorkerJob):
         except Cancelled:  # Stop while denoising first
             return Stopped(None)
         except Exception as exc:  # noqa: BLE001 - handed to the widget, which reports it
-            return Failure(exc)
+            if features is None:
+                return Failure(exc)
+            return FailedFit(exc, features, features_key, learnt)
         finally:
             self.idle.set()
 
@@ -633,12 +664,20 @@ class LabelsLayerCombo(_FollowsLayers, QComboBox):
     'none' entry)."""
 
     def __init__(
-        self, viewer, *, none: str | None = None, exclude=lambda layer: False, kind=Labels
+        self,
+        viewer,
+        *,
+        none: str | None = None,
+        exclude=lambda layer: False,
+        kind=Labels,
+        prefer=None,
     ):
         super().__init__()
         self._kind = kind
         self._none = none
         self._exclude = exclude
+        #: chosen when it appears while nothing (or 'none') is chosen
+        self._prefer = prefer
         self.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.setMinimumContentsLength(12)
         self._follow(viewer)
@@ -652,10 +691,15 @@ class LabelsLayerCombo(_FollowsLayers, QComboBox):
         if names == [self.itemText(i) for i in range(self.count())]:
             return
         current = self.currentText()
+        before = {self.itemText(i) for i in range(self.count())}
         self.blockSignals(True)
         self.clear()
         self.addItems(names)
-        if current in names:
+        preferred = [ly.name for ly in layers if self._prefer is not None and self._prefer(ly)]
+        new = [n for n in preferred if n not in before]
+        if new and (current == self._none or current not in names):
+            self.setCurrentText(new[0])
+        elif current in names:
             self.setCurrentText(current)
         self.blockSignals(False)
         self.currentIndexChanged.emit(self.currentIndex())
@@ -761,7 +805,10 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         self.channels_first_button.clicked.connect(lambda: self.channels_first())
         form.addRow("Axes", row_widget((self.axes_edit, 1), self.channels_first_button))
 
-        self.labels_combo = LabelsLayerCombo(self.viewer, exclude=is_output)
+        # a sample's ground truth is for scoring (below), not for training on
+        self.labels_combo = LabelsLayerCombo(
+            self.viewer, exclude=lambda ly: is_output(ly) or is_ground_truth(ly)
+        )
         self.labels_combo.setToolTip("The scribbles or instance masks to learn from")
         self.labels_combo.currentIndexChanged.connect(lambda *_: self._on_labels_changed())
         self.new_scribbles_button = QPushButton("New scribble layer")
@@ -878,7 +925,9 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         form.addRow(self.joint_check)
         self.device_combo = DeviceCombo()
         form.addRow("Device", self.device_combo)
-        self.truth_combo = LabelsLayerCombo(self.viewer, none=NO_TRUTH, exclude=is_output)
+        self.truth_combo = LabelsLayerCombo(
+            self.viewer, none=NO_TRUTH, exclude=is_output, prefer=is_ground_truth
+        )
         self.truth_combo.setToolTip(
             "Optional ground truth, shown against each result: instances (0 = background, "
             "an id per object) give AP@0.5, F1 and IoU; semantic classes (values as the "
@@ -1290,7 +1339,7 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         self._feature_generation += 1
         self._preview = None  # of another image (or axes): scrolling must not run on this one
 
-    def _keep_features(self, result: Segmented) -> None:
+    def _keep_features(self, result: Segmented | FailedFit) -> None:
         """Cache the shown frame's features (the least recently shown dropped beyond a memory
         budget) and the other frames' samples, unless they went stale during the run."""
         if self._run_generation != self._feature_generation:
@@ -1820,6 +1869,8 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
                 )
                 self.status.setText(f"Stopped; no layer was changed{kept}.")
             elif isinstance(result, Failure):
+                if isinstance(result, FailedFit) and result.features is not None:
+                    self._keep_features(result)
                 self._report(result.error, quiet=self._quiet, before="Failed")
         finally:
             self._update_buttons()
