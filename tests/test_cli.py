@@ -177,9 +177,15 @@ def test_errors_are_one_line(files, model_file, capsys, tmp_path):
     arr = np.random.rand(64, 64).astype(np.float32)
     arr[3, 3] = np.nan
     tifffile.imwrite(nan, arr)
-    assert "NaN" in _error(
+    assert "'nan.tif' contains NaN" in _error(
         capsys, ["train-denoiser", str(nan), "--out", str(tmp_path / "m.aeseg"), *TINY]
     )
+    # in a batch, the file is named, and nothing is written before the check
+    out = tmp_path / "batch"
+    err = _error(capsys, ["denoise", str(model_file), noisy, str(nan), "--out", str(out)])
+    assert "'nan.tif' contains NaN" in err and not out.exists()
+    err = _error(capsys, ["denoise", noisy, str(model_file), "--out", str(tmp_path / "x")])
+    assert "the model file comes first" in err
     bad_model = tmp_path / "bad.aeseg"
     bad_model.write_bytes(model_file.read_bytes()[:500])
     assert "corrupt, truncated" in _error(
@@ -198,6 +204,9 @@ def test_errors_are_one_line(files, model_file, capsys, tmp_path):
     )
     assert "does not exist" in _error(
         capsys, ["train-denoiser", noisy, "--out", str(tmp_path / "no" / "m.aeseg"), *TINY]
+    )
+    assert "a model file's name ends with .aeseg" in _error(
+        capsys, ["train-denoiser", noisy, "--out", str(tmp_path / "m.txt"), *TINY]
     )
     assert "unknown device" in _error(
         capsys, ["denoise", str(model_file), noisy, "--out", str(tmp_path), "--device", "tpu"]
@@ -652,6 +661,24 @@ def test_evaluate_a_movie_frame_by_frame(capsys, tmp_path):
         ["evaluate", str(tmp_path / "pred.tif"), "--truth", str(tmp_path / "truth.tif"),
          "--axes", "YTX"],
     )  # fmt: skip
+
+
+def test_evaluate_says_when_a_prediction_is_no_label_image(capsys, tmp_path):
+    """An image of intensities given as the prediction scores AP 0: a note says why."""
+    truth = np.zeros((64, 64), np.uint16)
+    truth[4:20, 4:20], truth[30:50, 30:50] = 1, 2
+    noise = np.random.default_rng(0).integers(0, 200, truth.shape).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "truth.tif", truth)
+    tifffile.imwrite(tmp_path / "raw.tif", noise)
+    assert (
+        main(["evaluate", str(tmp_path / "raw.tif"), "--truth", str(tmp_path / "truth.tif")]) == 0
+    )
+    err = capsys.readouterr().err
+    assert "'" + str(tmp_path / "raw.tif") + "' does not look like a label image" in err
+    assert (
+        main(["evaluate", str(tmp_path / "truth.tif"), "--truth", str(tmp_path / "truth.tif")]) == 0
+    )
+    assert "does not look like" not in capsys.readouterr().err
 
 
 def test_evaluate_semantic_class_maps(capsys, tmp_path):

@@ -274,10 +274,9 @@ def _progress_bar(total: int, desc: str, quiet: bool, unit: str = "step"):
 
 def _train(args) -> int:
     from .core.denoiser import DenoiserModel
-    from .core.image_io import read_image
     from .core.training import DenoiserTrainer, make_denoiser_config
 
-    files = [read_image(p) for p in args.images]
+    files = [_read_valid(p) for p in args.images]
     axes = args.axes or files[0].axes
     model = DenoiserModel.load(args.resume) if args.resume else None
     if model is not None:
@@ -357,6 +356,13 @@ def _check_output_file(path: str) -> None:
         raise OutputError(f"cannot write '{path}': folder '{folder}' does not exist")
     if not os.access(folder, os.W_OK):
         raise OutputError(f"cannot write '{path}': folder '{folder}' is not writable")
+    from .core.model_io import MODEL_SUFFIX
+
+    if not str(path).lower().endswith(MODEL_SUFFIX):  # napari and the widgets look for it
+        raise OutputError(
+            f"a model file's name ends with {MODEL_SUFFIX}: give e.g. "
+            f"'{Path(path).with_suffix(MODEL_SUFFIX)}', not '{path}'"
+        )
 
 
 def _check_tiling(model, layout, args) -> None:
@@ -429,11 +435,10 @@ def _read_checked(paths, check) -> list:
     result)`` pairs. The pixels of the first files (up to :data:`KEEP_INPUT_BYTES`) are kept;
     the others are read again by :func:`_pixels` when their turn comes, so a batch of large
     files never sits in memory all at once."""
-    from .core.image_io import read_image
 
     kept, out = 0, []
     for p in paths:
-        f = read_image(p)
+        f = _read_valid(p)
         extra = check(f)
         if kept + f.data.nbytes <= KEEP_INPUT_BYTES:
             kept += f.data.nbytes
@@ -441,6 +446,29 @@ def _read_checked(paths, check) -> list:
         else:
             out.append((Path(p), extra))
     return out
+
+
+def _model_first(args, command: str) -> None:
+    """Say so when the model file was given after the images, not before."""
+    from .core.model_io import MODEL_SUFFIX
+
+    late = [p for p in args.images if str(p).lower().endswith(MODEL_SUFFIX)]
+    if late and not str(args.model).lower().endswith(MODEL_SUFFIX):
+        raise InvalidInputError(
+            f"the model file comes first: aeseg {command} {late[0]} {args.model} ... "
+            f"(got '{args.model}' where the model goes)"
+        )
+
+
+def _read_valid(path):
+    """An input image, refused with its file's name when it is empty, not numeric or holds
+    NaN/Inf (in a batch of 50 files, 'image contains NaN' does not say which)."""
+    from .core.data import check_image
+    from .core.image_io import read_image
+
+    f = read_image(path)
+    check_image(f.data, name=f"'{f.path.name}'")
+    return f
 
 
 def _pixels(entry):
@@ -479,6 +507,7 @@ def _denoise(args) -> int:
     from .core.image_io import ensure_output_dir, in_integer_type, write_tiff
 
     stems = _output_stems(args.images, Path(args.out), (".tif",))
+    _model_first(args, "denoise")
     model = DenoiserModel.load(args.model)
 
     def check(f):  # fail before any work if one input is unreadable or does not fit
@@ -559,7 +588,7 @@ def _train_segmenter(args) -> int:
             f"{len(args.labels)} label file(s) but {len(args.regions)} region mask(s); give one "
             "per label file"
         )
-    files = [read_image(p) for p in args.images]
+    files = [_read_valid(p) for p in args.images]
     labels = [read_image(p).data for p in args.labels]
     regions = [read_image(p).data != 0 for p in args.regions] if args.regions else None
     encoder = None if args.encoder.lower() == "none" else DenoiserModel.load(args.encoder)
@@ -658,6 +687,7 @@ def _segment(args) -> int:
         ("_labels.tif", "_prob.tif", "_uncertainty.tif", "_classes.csv"),
         also=args.truth or (),
     )
+    _model_first(args, "segment")
     model = SegmenterModel.load(args.model)
     denoiser = DenoiserModel.load(args.denoise_with) if args.denoise_with else None
     note = denoising_note(model, denoiser)
@@ -812,7 +842,12 @@ def _frame_axes(axes: str | None, shape: tuple[int, ...]) -> int:
 
 def _evaluate(args) -> int:
     from .core.image_io import read_image
-    from .core.metrics import score_instances, score_semantic, zero_based_note
+    from .core.metrics import (
+        scattered_values_note,
+        score_instances,
+        score_semantic,
+        zero_based_note,
+    )
 
     if len(args.pred) != len(args.truth):
         raise InvalidInputError(
@@ -832,6 +867,10 @@ def _evaluate(args) -> int:
             scores = score_instances(
                 truth.data, pred.data, threshold=args.threshold, frame_axes=frames
             )
+            for f, name in ((pred, p), (truth, t)):
+                note = scattered_values_note(f.data, f"'{name}'")
+                if note:
+                    print(f"aeseg evaluate: note: {note}", file=sys.stderr)
         rows.append({"pred": p, "truth": t, **scores.as_dict()})
         summaries.append(f"{p}: {scores.summary()}")
     keys = (

@@ -229,6 +229,24 @@ def zero_based_note(true: np.ndarray, n_classes: int) -> str | None:
     )
 
 
+def scattered_values_note(labels: np.ndarray, name: str) -> str | None:
+    """A note when an instance image does not look like one: its values form far more
+    separate pieces than there are values (an image of intensities given as labels)."""
+    from skimage.measure import label
+
+    arr = np.asarray(labels)
+    if arr.dtype.kind not in "biu" or arr.ndim < 2 or not arr.any():
+        return None
+    ids = len(np.unique(arr)) - int((arr == 0).any())
+    pieces = int(label(arr, background=0, connectivity=1).max())
+    if pieces <= 2 * ids + 10:
+        return None
+    return (
+        f"{name} does not look like a label image: its {ids} values form {pieces} separate "
+        "pieces (an image of intensities?); each object should be one region of one value"
+    )
+
+
 def score_segmentation(
     true: np.ndarray,
     labels: np.ndarray,
