@@ -888,3 +888,12 @@ def test_semantic_class_names_are_kept_with_the_model(files, capsys, tmp_path):
     with tifffile.TiffFile(written / "noisy_prob.tif") as tif:
         assert tif.imagej_metadata["Labels"] == ["background", "nucleus"]
         assert tif.asarray().shape[0] == 2
+
+
+def test_help_shows_the_defaults(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["train-denoiser", "--help"])
+    assert done.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: 2000)" in text and "(default: n2v2)" in text
+    assert "(default: None)" not in text and "(default: False)" not in text

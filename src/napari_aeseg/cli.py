@@ -66,6 +66,22 @@ def _finite(text: str) -> float:
     return value
 
 
+class _DefaultsShown(argparse.HelpFormatter):
+    """Help that ends each option with its default, where there is one to show."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if (
+            not action.option_strings
+            or default in (None, False, argparse.SUPPRESS)
+            or "default" in text
+            or isinstance(default, list)
+        ):
+            return text
+        return f"{text} (default: %(default)s)" if text else "default: %(default)s"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="aeseg",
@@ -73,13 +89,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"napari-aeseg {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    # every command's help shows the defaults (e.g. that training runs 2000 steps)
+    _add = sub.add_parser
+    sub.add_parser = lambda *a, **k: _add(*a, formatter_class=_DefaultsShown, **k)
 
     t = sub.add_parser(
         "train-denoiser", help="train a denoiser on noisy (or clean, for dae) images"
     )
-    t.add_argument("images", nargs="+", metavar="IMAGE")
+    t.add_argument("images", nargs="+", metavar="IMAGE", help="noisy images to learn from")
     t.add_argument("--out", required=True, metavar="MODEL", help="model file to write (.aeseg)")
-    t.add_argument("--mode", choices=["n2v2", "n2v", "dae"], default="n2v2")
+    t.add_argument(
+        "--mode",
+        choices=["n2v2", "n2v", "dae"],
+        default="n2v2",
+        help="self-supervised blind spot (n2v2, n2v) or synthetic noise on clean images (dae)",
+    )
     t.add_argument(
         "--noise",
         action="append",
@@ -87,22 +111,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="synthetic noise for --mode dae: gaussian:0.1, poisson:30, salt_pepper:0.01 (repeatable)",
     )
     t.add_argument("--axes", help="axes of the images, e.g. YX, ZYX, TYX, YXC (default: guessed)")
-    t.add_argument("--steps", type=int, default=2000)
+    t.add_argument(
+        "--steps", type=int, default=2000, help="training steps (minutes to an hour on a CPU)"
+    )
     t.add_argument("--patch", type=int, default=64, help="patch size in Y and X")
     t.add_argument("--patch-z", type=int, default=16, help="patch size in Z (3D data)")
     t.add_argument("--batch", type=int, default=None, help="patches per step (16; 4 in 3D)")
-    t.add_argument("--depth", type=int, default=2)
+    t.add_argument("--depth", type=int, default=2, help="down-sampling levels of the network")
     t.add_argument("--channels", type=int, default=32, help="base channels of the network")
     t.add_argument("--lr", type=_finite, default=1e-3, help="learning rate")
-    t.add_argument("--optimizer", choices=["adam", "adamw", "sgd", "rmsprop"], default="adam")
-    t.add_argument("--loss", choices=["mse", "l1"], default="mse")
-    t.add_argument("--scheduler", choices=["cosine", "plateau", "constant"], default="cosine")
+    t.add_argument(
+        "--optimizer", choices=["adam", "adamw", "sgd", "rmsprop"], default="adam", help="optimiser"
+    )
+    t.add_argument("--loss", choices=["mse", "l1"], default="mse", help="training loss")
+    t.add_argument(
+        "--scheduler",
+        choices=["cosine", "plateau", "constant"],
+        default="cosine",
+        help="learning-rate schedule",
+    )
     t.add_argument("--resume", metavar="MODEL", help="continue training this model file")
     _device_seed(t, seed=True)
 
     d = sub.add_parser("denoise", help="denoise images with a trained model")
-    d.add_argument("model", metavar="MODEL")
-    d.add_argument("images", nargs="+", metavar="IMAGE")
+    d.add_argument("model", metavar="MODEL", help="a denoiser model file (.aeseg)")
+    d.add_argument("images", nargs="+", metavar="IMAGE", help="images to denoise")
     d.add_argument("--out", required=True, metavar="DIR", help="folder for <stem>.tif outputs")
     d.add_argument("--axes", help="axes of the images (default: the model's)")
     d.add_argument("--tile", type=_tile_value, default="auto", help="'auto' or pixels")
@@ -113,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     _device_seed(d, seed=False)
 
     s = sub.add_parser("train-segmenter", help="train a segmenter from a few labels")
-    s.add_argument("images", nargs="+", metavar="IMAGE")
+    s.add_argument("images", nargs="+", metavar="IMAGE", help="images the labels belong to")
     s.add_argument(
         "--labels",
         nargs="+",
@@ -122,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="one label image per image: scribbles (0 = none, 1 = background, "
         "2 = foreground / class k+1) or instance masks",
     )
-    s.add_argument("--out", required=True, metavar="MODEL")
+    s.add_argument("--out", required=True, metavar="MODEL", help="model file to write (.aeseg)")
     s.add_argument(
         "--encoder",
         default="none",
@@ -142,7 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="train on the images denoised by this model (the model records it; segment "
         "them with the same --denoise-with)",
     )
-    s.add_argument("--labels-kind", choices=["scribbles", "instances"], default="scribbles")
+    s.add_argument(
+        "--labels-kind",
+        choices=["scribbles", "instances"],
+        default="scribbles",
+        help="scribbles (0 unlabeled, 1 background, 2.. classes) or instance masks",
+    )
     s.add_argument(
         "--regions",
         nargs="+",
@@ -169,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also train a blind-spot denoising output (DenoiSeg-style)",
     )
-    s.add_argument("--axes")
+    s.add_argument("--axes", help="axes of the images, e.g. YX, ZYX, TYX (default: guessed)")
     s.add_argument(
         "--steps",
         type=int,
@@ -181,17 +219,17 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="train all --steps from a denoiser even when the labels cover a small area",
     )
-    s.add_argument("--patch", type=int, default=64)
+    s.add_argument("--patch", type=int, default=64, help="patch size in Y and X")
     s.add_argument("--patch-z", type=int, default=16, help="patch size in Z (3D data)")
-    s.add_argument("--batch", type=int, default=8)
-    s.add_argument("--lr", type=_finite, default=1e-3)
+    s.add_argument("--batch", type=int, default=8, help="patches per step")
+    s.add_argument("--lr", type=_finite, default=1e-3, help="learning rate")
     s.add_argument("--channels", type=int, default=32, help="base channels (no encoder only)")
     s.add_argument("--depth", type=int, default=2, help="depth (no encoder only)")
     _device_seed(s, seed=True)
 
     g = sub.add_parser("segment", help="segment images with a trained segmenter")
-    g.add_argument("model", metavar="MODEL")
-    g.add_argument("images", nargs="+", metavar="IMAGE")
+    g.add_argument("model", metavar="MODEL", help="a segmenter model file (.aeseg)")
+    g.add_argument("images", nargs="+", metavar="IMAGE", help="images to segment")
     g.add_argument(
         "--out",
         required=True,
@@ -199,9 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="writes <stem>_labels.tif, <stem>_prob.tif and <stem>_uncertainty.tif",
     )
     g.add_argument("--denoise-with", metavar="DENOISER_MODEL", help="denoise first with this model")
-    g.add_argument("--axes")
-    g.add_argument("--tile", type=_tile_value, default="auto")
-    g.add_argument("--overlap", type=_tile_value, default="auto")
+    g.add_argument("--axes", help="axes of the images (default: the model's)")
+    g.add_argument("--tile", type=_tile_value, default="auto", help="'auto' or pixels")
+    g.add_argument("--overlap", type=_tile_value, default="auto", help="'auto' or pixels")
     g.add_argument("--truth", nargs="+", metavar="GT", help="ground-truth labels: print metrics")
     g.add_argument(
         "--tta",
@@ -262,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _device_seed(parser: argparse.ArgumentParser, *, seed: bool) -> None:
     parser.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
     if seed:
-        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same run)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
