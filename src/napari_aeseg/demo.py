@@ -183,8 +183,9 @@ def run_demo(
     (Path(out_dir) / "summary.json").write_text(json.dumps(summary, indent=2))
     if not quiet:
         print(
-            f"demo: estimated noise sigma {summary['noise_sigma_estimate_input']:.2f} -> "
-            f"{summary['noise_sigma_estimate_output']:.2f}; segmentation vs ground truth: "
+            f"demo: noise (estimated standard deviation, in the image's units) "
+            f"{summary['noise_sigma_estimate_input']:.2f} before denoising, "
+            f"{summary['noise_sigma_estimate_output']:.2f} after; segmentation vs ground truth: "
             f"{scores.summary()}; results in {out_dir}/",
             file=log,
         )
