@@ -197,6 +197,24 @@ def test_errors_are_one_line(files, model_file, capsys, tmp_path):
         capsys,
         ["denoise", str(model_file), str(stack), "--out", str(tmp_path / "o"), "--axes", "ZYX"],
     )
+    # as told: slice by slice; the result keeps the pixel size, and its S axis, for Fiji too
+    calibrated = tmp_path / "slices.tif"
+    tifffile.imwrite(
+        calibrated,
+        np.random.rand(4, 32, 32).astype(np.float32),
+        imagej=True,
+        resolution=(1 / 0.3, 1 / 0.3),
+        metadata={"axes": "ZYX", "unit": "um"},
+    )
+    out = tmp_path / "slices"
+    argv = ["denoise", str(model_file), str(calibrated), "--out", str(out), "--axes", "SYX"]
+    assert main([*argv, "--quiet"]) == 0
+    from napari_aeseg.core.image_io import read_image
+
+    written = read_image(out / "slices.tif")
+    assert written.axes == "SYX" and written.spacing == pytest.approx({"Y": 0.3, "X": 0.3})
+    with tifffile.TiffFile(out / "slices.tif") as tif:
+        assert tif.is_imagej and tif.imagej_metadata["unit"] == "micron"
     blocker = tmp_path / "blocker"
     blocker.write_text("a file where a folder should be")
     assert "not a folder" in _error(

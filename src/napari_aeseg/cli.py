@@ -788,20 +788,17 @@ def _segment(args) -> int:
             f"segment {f.path.name}",
             args.quiet,
         )
-        # axes of the outputs (a stack of 2D slices, S, has no TIFF axis letter)
+        # axes of the outputs (a stack of 2D slices, S, is a Z stack to ImageJ)
         out_axes = layout.sample_axes + layout.spatial_axes
-        out_axes = None if "S" in out_axes else out_axes
         # one channel per class, where ImageJ keeps channels (after T and Z): Fiji opens
         # the probabilities as a calibrated hyperstack
-        probs, prob_axes = result.probabilities, None
-        if out_axes is not None:
-            lead = sum(a in "TZ" for a in out_axes)
-            probs = np.moveaxis(probs, 0, lead)
-            prob_axes = out_axes[:lead] + "C" + out_axes[lead:]
+        lead = sum(a in "TZS" for a in out_axes)
+        probs = np.moveaxis(result.probabilities, 0, lead)
+        prob_axes = out_axes[:lead] + "C" + out_axes[lead:]
         names = probability_names(model.config, result.probabilities.shape[0])
         for suffix, array, array_axes, channels in (
             ("labels", result.labels, out_axes, None),
-            ("prob", probs, prob_axes, names if prob_axes else None),
+            ("prob", probs, prob_axes, names),
             ("uncertainty", result.uncertainty, out_axes, None),
         ):
             write_tiff(

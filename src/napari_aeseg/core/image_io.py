@@ -30,6 +30,10 @@ class ImageFile:
     spacing: dict[str, float] | None = None
 
 
+#: ImageJ metadata key with the axes of a stack of 2D slices (S), written as a Z stack
+SLICES_KEY = "aeseg_axes"
+
+
 def read_image(path: str | os.PathLike) -> ImageFile:
     """Read a TIFF, PNG, JPEG, BMP or ``.npy`` file (never unpickles)."""
     path = Path(path)
@@ -52,6 +56,9 @@ def read_image(path: str | os.PathLike) -> ImageFile:
                 series = tif.series[0]
                 data = series.asarray()
                 axes = _tiff_axes(series.axes, data.ndim)
+                slices = (tif.imagej_metadata or {}).get(SLICES_KEY) if tif.is_imagej else None
+                if axes and isinstance(slices, str) and slices.replace("S", "Z") == axes:
+                    axes = slices  # written by write_tiff: a stack of 2D slices
                 spacing = _quietly(_tiff_spacing, tif, axes)
             return ImageFile(data, axes, path, spacing)
         if suffix == ".npy":
@@ -372,8 +379,13 @@ def write_tiff(
                 f"finite sizes, got {spacing!r}"
             )
         unit = unit or getattr(spacing, "unit", None)
-    if _imagej_fits(data, axes, kwargs["photometric"]):
+    # ImageJ has no axis for a stack of 2D slices (S): it is a Z stack there, with a mark
+    # that gives our reader its S back (and no Z step: the slices are not planes in space)
+    ij_axes = axes.replace("S", "Z") if axes is not None and "Z" not in axes else axes
+    if _imagej_fits(data, ij_axes, kwargs["photometric"]):
         kwargs["imagej"] = True
+        if ij_axes != axes:
+            kwargs["metadata"].update({"axes": ij_axes, SLICES_KEY: axes})
         if clean:
             if "X" in clean and "Y" in clean:
                 kwargs["resolution"] = (1.0 / clean["X"], 1.0 / clean["Y"])
@@ -402,7 +414,7 @@ def _name_channels(kwargs: dict, shape: tuple[int, ...], axes: str | None, names
         meta["channel_names"] = names
         return
     # one label per plane, planes in ImageJ's order (T, Z, then C, the fastest)
-    planes = int(np.prod([n for a, n in zip(axes, shape, strict=True) if a in "TZC"]))
+    planes = int(np.prod([n for a, n in zip(axes, shape, strict=True) if a in "TZSC"]))
     meta["Labels"] = [names[i % len(names)] for i in range(planes)]
 
 
