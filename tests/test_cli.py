@@ -697,6 +697,14 @@ def test_evaluate_says_when_a_prediction_is_no_label_image(capsys, tmp_path):
         main(["evaluate", str(tmp_path / "truth.tif"), "--truth", str(tmp_path / "truth.tif")]) == 0
     )
     assert "does not look like" not in capsys.readouterr().err
+    # a movie whose ids restart in every frame (untracked): objects are counted per frame
+    cells = np.zeros((64, 64), np.uint16)
+    for i in range(16):
+        cells[4 * i : 4 * i + 3, 2:6] = i + 1
+    tifffile.imwrite(tmp_path / "movie.tif", np.stack([cells] * 12))
+    argv = [str(tmp_path / "movie.tif"), "--truth", str(tmp_path / "movie.tif"), "--axes", "TYX"]
+    assert main(["evaluate", *argv]) == 0
+    assert "does not look like" not in capsys.readouterr().err
 
 
 def test_evaluate_semantic_class_maps(capsys, tmp_path):
@@ -765,7 +773,8 @@ def test_batch_outputs_never_overwrite_inputs_and_large_batches_are_read_in_turn
         ["denoise", str(model_file), str(a / "img.tif"), str(b / "img.tif"), "--out", str(out)],
     )
     assert "would both be written to" in err and not out.exists()
-    # also when the names differ in case only (one file on macOS and Windows)
+    # also when the names differ in case only, where that is one file (macOS, Windows)
+    monkeypatch.setattr(cli, "_case_insensitive_files", lambda: True)
     tifffile.imwrite(b / "IMG.tif", noisy)
     err = _error(
         capsys,
@@ -906,6 +915,13 @@ def test_semantic_class_names_are_kept_with_the_model(files, capsys, tmp_path):
     with tifffile.TiffFile(written / "noisy_prob.tif") as tif:
         assert tif.imagej_metadata["Labels"] == ["background", "nucleus"]
         assert tif.asarray().shape[0] == 2
+    # a model without names, segmenting into the same folder, leaves no stale table
+    unnamed = tmp_path / "unnamed.aeseg"
+    assert main([a if a != str(seg) else str(unnamed) for a in argv] + ["--quiet"]) == 0
+    assert main(["segment", str(unnamed), image, *out]) == 0
+    assert not (written / "noisy_classes.csv").exists()
+    with tifffile.TiffFile(written / "noisy_prob.tif") as tif:
+        assert tif.imagej_metadata["Labels"] == ["class 1", "class 2"]
 
 
 def test_help_shows_the_defaults(capsys):
@@ -915,3 +931,4 @@ def test_help_shows_the_defaults(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "(default: 2000)" in text and "(default: n2v2)" in text
     assert "(default: None)" not in text and "(default: False)" not in text
+    assert "same run) (default: 0)" in text, "a zero default is shown too"

@@ -74,7 +74,9 @@ class _DefaultsShown(argparse.HelpFormatter):
         default = action.default
         if (
             not action.option_strings
-            or default in (None, False, argparse.SUPPRESS)
+            or default is None
+            or default is False
+            or default == argparse.SUPPRESS
             or "default" in text
             or isinstance(default, list)
         ):
@@ -515,13 +517,19 @@ def _pixels(entry):
     return read_image(entry) if isinstance(entry, Path) else entry
 
 
+def _case_insensitive_files() -> bool:
+    """Whether file names differing in case only name one file (macOS, Windows defaults)."""
+    return sys.platform in ("darwin", "win32")
+
+
 def _output_stems(paths, out_dir: Path, suffixes: tuple[str, ...], also=()) -> list[Path]:
     """``out_dir / <stem>`` for each input, refused before any work when two inputs share a
     stem or an output would overwrite an input (or one of the files ``also`` reads)."""
     stems = [out_dir / Path(p).stem for p in paths]
     seen: dict[str, str] = {}
+    fold = _case_insensitive_files()  # a.tif and A.tif: one file on macOS and Windows
     for p, stem in zip(paths, stems, strict=True):
-        key = stem.name.casefold()  # a.tif and A.tif are one file on macOS and Windows
+        key = stem.name.lower() if fold else stem.name
         if key in seen:
             raise InvalidInputError(
                 f"'{seen[key]}' and '{p}' would both be written to {stem}{suffixes[0]}; "
@@ -715,7 +723,7 @@ def _segment(args) -> int:
     from .core.image_io import ensure_output_dir, read_image, write_tiff
     from .core.metrics import score_segmentation
     from .core.model_io import atomic_write_bytes
-    from .core.segmenter import SegmenterModel, denoising_note
+    from .core.segmenter import SegmenterModel, csv_field, denoising_note
 
     if args.truth and len(args.truth) != len(args.images):
         raise InvalidInputError("give one --truth file per image")
@@ -811,9 +819,11 @@ def _segment(args) -> int:
             )
         if model.config.class_names:  # what each value of the labels means
             rows = "".join(
-                f"{i},{_csv_field(n)}\n" for i, n in enumerate(model.config.class_names, 1)
+                f"{i},{csv_field(n)}\n" for i, n in enumerate(model.config.class_names, 1)
             )
             atomic_write_bytes(f"{stem}_classes.csv", ("label,name\n" + rows).encode())
+        else:  # one left by a named model before would describe the wrong classes
+            Path(f"{stem}_classes.csv").unlink(missing_ok=True)
         if truth is not None:
             frames = len(layout.sample_axes)
             try:
@@ -851,13 +861,6 @@ def probability_names(config, n: int) -> list[str]:
         names = list(config.class_names or [])
         return names if len(names) == n else [f"class {i}" for i in range(1, n + 1)]
     return ["background", "object", "boundary"][:n]
-
-
-def _csv_field(text: str) -> str:
-    """One CSV field, quoted where it holds a comma, a quote or a line break."""
-    if any(c in text for c in ',"\n\r'):
-        return '"' + text.replace('"', '""') + '"'
-    return text
 
 
 def _frame_axes(axes: str | None, shape: tuple[int, ...]) -> int:
@@ -903,7 +906,7 @@ def _evaluate(args) -> int:
                 truth.data, pred.data, threshold=args.threshold, frame_axes=frames
             )
             for f, name in ((pred, p), (truth, t)):
-                note = scattered_values_note(f.data, f"'{name}'")
+                note = scattered_values_note(f.data, f"'{name}'", frame_axes=frames)
                 if note:
                     print(f"aeseg evaluate: note: {note}", file=sys.stderr)
         rows.append({"pred": p, "truth": t, **scores.as_dict()})

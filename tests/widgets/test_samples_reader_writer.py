@@ -87,11 +87,19 @@ def test_inputs_default_to_the_users_image_and_the_samples_truth_is_for_scoring(
     for combo in (denoise.layer_combo, segment.image_combo):
         items = [combo.itemText(i) for i in range(combo.count())]
         assert items == ["nuclei", "nuclei denoised"] and combo.currentText() == "nuclei"
-    assert segment.labels_combo.count() == 0, "the truth is not offered as scribbles"
+    # the truth is listed as labels (dense masks to train from), never chosen by default
+    assert segment.labels_combo.currentText() == "" and segment.labels_combo.count() == 1
     assert segment.truth_combo.currentText() == "nuclei ground truth"
     segment.new_scribble_layer()
     assert segment.labels_combo.currentText() == "nuclei scribbles"
+    assert segment.labels_combo.itemText(1) == "nuclei ground truth", "listed last"
     assert segment.truth_combo.currentText() == "nuclei ground truth"
+    # a user's 'none' stays, when the truth is renamed or a sample opened again
+    segment.truth_combo.setCurrentText("none")
+    segment.truth_combo.activated.emit(0)  # as a click does
+    viewer.layers["nuclei ground truth"].name = "truth (renamed)"
+    viewer.open_sample("napari-aeseg", "nuclei_2d")
+    assert segment.truth_combo.currentText() == "none"
 
 
 @pytest.fixture(scope="module")

@@ -704,6 +704,10 @@ def test_a_movie_of_few_planes_guessed_as_a_hyperstack_is_read_as_typed(make_nap
     widget.axes_edit.textEdited.emit("TZYX")  # as typing does
     assert not widget.channels_first_button.isVisibleTo(widget)
     assert widget.new_scribble_layer().data.shape == (6, 2, 40, 40)
+    # a 5D guess (TZCYX) gets no movie hint: its other reading (TCZYX) buries C too
+    viewer.add_image(np.zeros((5, 6, 2, 40, 40), np.float32), name="five")
+    widget.set_options(image="five")
+    assert "TZCYX" in widget.status.text() and "type" not in widget.status.text()
 
 
 def test_channels_split_into_layers_merge_to_one_image_with_channels_first(

@@ -57,6 +57,7 @@ from ..core.segmenter import (
     SegmenterModel,
     SegmenterTrainer,
     check_class_names,
+    format_class_names,
     make_segmenter_config,
     parse_class_names,
     scribble_classes,
@@ -473,7 +474,7 @@ def buried_channels_note(layer, axes: str) -> str | None:
         f"channels: press 'Channels first' to show it as {front}"
     )
     # a movie of a few planes is guessed the same way (ImageJ hyperstacks are commoner)
-    movie = CHANNELS_AS_PLANES.get(axes, ())
+    movie = [a for a in CHANNELS_AS_PLANES.get(axes, ()) if "C" not in a]
     if movie and labelled_axes(layer) is None and axes == guess_layer_axes(layer):
         note += f", or, if its {axes[c]} axis holds planes of a movie, type {movie[0]} in Axes"
     return note
@@ -676,8 +677,12 @@ class LabelsLayerCombo(_FollowsLayers, QComboBox):
         self._kind = kind
         self._none = none
         self._exclude = exclude
-        #: chosen when it appears while nothing (or 'none') is chosen
+        #: layers the combo chooses when they appear, until the user chooses ('preferred'),
+        #: or never by default, listed last ('avoided': ``prefer`` returns False)
         self._prefer = prefer
+        self._seen: set[str] = set()
+        self._user_chose = False
+        self.activated.connect(self._on_user_choice)
         self.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.setMinimumContentsLength(12)
         self._follow(viewer)
@@ -686,23 +691,30 @@ class LabelsLayerCombo(_FollowsLayers, QComboBox):
         layers = [
             ly for ly in self._viewer.layers if isinstance(ly, self._kind) and not self._exclude(ly)
         ]
+        verdict = {ly.name: None if self._prefer is None else self._prefer(ly) for ly in layers}
+        layers.sort(key=lambda ly: verdict[ly.name] is False)  # avoided ones last
         self._watch_names(layers)
         names = ([self._none] if self._none else []) + [ly.name for ly in layers]
+        appeared = [ly for ly in layers if str(ly.unique_id) not in self._seen]
+        self._seen |= {str(ly.unique_id) for ly in layers}
         if names == [self.itemText(i) for i in range(self.count())]:
             return
         current = self.currentText()
-        before = {self.itemText(i) for i in range(self.count())}
         self.blockSignals(True)
         self.clear()
         self.addItems(names)
-        preferred = [ly.name for ly in layers if self._prefer is not None and self._prefer(ly)]
-        new = [n for n in preferred if n not in before]
-        if new and (current == self._none or current not in names):
+        new = [ly.name for ly in appeared if verdict[ly.name]]
+        if new and not self._user_chose and (current == self._none or current not in names):
             self.setCurrentText(new[0])
         elif current in names:
             self.setCurrentText(current)
+        elif not self._none and layers:  # the first not avoided (they are listed last)
+            self.setCurrentIndex(0 if verdict[layers[0].name] is not False else -1)
         self.blockSignals(False)
         self.currentIndexChanged.emit(self.currentIndex())
+
+    def _on_user_choice(self, *_) -> None:
+        self._user_chose = True
 
     def layer(self):
         name = self.currentText()
@@ -805,9 +817,9 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         self.channels_first_button.clicked.connect(lambda: self.channels_first())
         form.addRow("Axes", row_widget((self.axes_edit, 1), self.channels_first_button))
 
-        # a sample's ground truth is for scoring (below), not for training on
+        # a sample's ground truth is for scoring (below): listed last, never the default
         self.labels_combo = LabelsLayerCombo(
-            self.viewer, exclude=lambda ly: is_output(ly) or is_ground_truth(ly)
+            self.viewer, exclude=is_output, prefer=lambda ly: not is_ground_truth(ly)
         )
         self.labels_combo.setToolTip("The scribbles or instance masks to learn from")
         self.labels_combo.currentIndexChanged.connect(lambda *_: self._on_labels_changed())
@@ -1103,7 +1115,7 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
                 self.axes_edit.setText(value)
                 self._on_axes_changed()
             elif key == "class_names":  # a list, or the text as typed
-                text = value if isinstance(value, str) else ", ".join(value or ())
+                text = value if isinstance(value, str) else format_class_names(value or ())
                 self.class_names_edit.setText(text)
             elif key == "spacing":
                 self.spacing_edit.setText(

@@ -229,16 +229,34 @@ def zero_based_note(true: np.ndarray, n_classes: int) -> str | None:
     )
 
 
-def scattered_values_note(labels: np.ndarray, name: str) -> str | None:
+def scattered_values_note(
+    labels: np.ndarray, name: str, *, frame_axes: int = 0, max_values: int = 1 << 24
+) -> str | None:
     """A note when an instance image does not look like one: its values form far more
-    separate pieces than there are values (an image of intensities given as labels)."""
+    separate pieces than there are values (an image of intensities given as labels).
+
+    Counted frame by frame (``frame_axes`` leading axes; ids may restart in each), with
+    diagonal neighbours joined (thin objects stay one piece), on the first frames up to
+    ``max_values`` values (a few seconds on large stacks otherwise)."""
     from skimage.measure import label
 
     arr = np.asarray(labels)
-    if arr.dtype.kind not in "biu" or arr.ndim < 2 or not arr.any():
+    if arr.dtype.kind not in "biu" or arr.ndim - frame_axes < 2 or not arr.size:
         return None
-    ids = len(np.unique(arr)) - int((arr == 0).any())
-    pieces = int(label(arr, background=0, connectivity=1).max())
+    frames = arr.reshape(-1, *arr.shape[frame_axes:])
+    ids = pieces = seen = 0
+    for frame in frames:
+        if seen and seen + frame.size > max_values:
+            break
+        if frame.size > max_values:  # a slab through the middle of one large frame
+            rows = max(1, max_values * frame.shape[0] // frame.size)
+            start = (frame.shape[0] - rows) // 2
+            frame = frame[start : start + rows]
+        seen += frame.size
+        if not frame.any():
+            continue
+        ids += len(np.unique(frame)) - int((frame == 0).any())
+        pieces += int(label(frame, background=0, connectivity=frame.ndim).max())
     if pieces <= 2 * ids + 10:
         return None
     return (

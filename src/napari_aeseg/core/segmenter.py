@@ -217,6 +217,19 @@ def parse_class_names(text: str | None) -> list[str] | None:
     return names or None
 
 
+def format_class_names(names: Sequence[str]) -> str:
+    """Names as :func:`parse_class_names` reads them back: comma-separated, a name holding
+    a comma, a quote or a line break in double quotes (CSV rules)."""
+    return ", ".join(csv_field(n) for n in names)
+
+
+def csv_field(text: str) -> str:
+    """One CSV field, quoted where it holds a comma, a quote or a line break."""
+    if any(c in text for c in ',"\n\r'):
+        return '"' + text.replace('"', '""') + '"'
+    return text
+
+
 def check_class_names(names: Sequence[str], n_classes: int) -> None:
     """One non-empty, distinct name per class 1..K, else :class:`InvalidInputError`."""
     if not all(names) or len(set(names)) != len(names):
