@@ -273,14 +273,14 @@ class Runner:
         t = time.perf_counter()
         cached = None
         if a.den_cache and name:
-            key = f"{name}_n2v2_{a.den_steps}st_b{a.den_batch}_lr{a.den_lr:g}_w{a.base_channels}"
+            key = f"{name}_{a.den_mode}_{a.den_steps}st_b{a.den_batch}_lr{a.den_lr:g}_w{a.base_channels}"
             cached = Path(a.den_cache) / f"{key.replace('+', 'plus')}.safetensors"
             if cached.is_file():
                 print(f"  denoiser: loaded {cached}", flush=True)
                 return DenoiserModel.load(cached), time.perf_counter() - t
         den = train_denoiser(
             image,
-            mode="n2v2",
+            mode=a.den_mode,
             steps=a.den_steps,
             base_channels=a.base_channels,
             learning_rate=a.den_lr,
@@ -873,6 +873,12 @@ def main(argv=None) -> int:
         help="denoiser steps (default: the engine's and the Train widget's 2000)",
     )
     ap.add_argument("--den-batch", type=int, default=16, help="denoiser batch (engine: 16)")
+    ap.add_argument(
+        "--den-mode",
+        choices=["n2v2", "n2v"],
+        default="n2v2",
+        help="blind-spot variant of the denoiser (b) starts from (engine: n2v2)",
+    )
     ap.add_argument("--den-lr", type=float, default=1e-3, help="denoiser rate (engine: 1e-3)")
     ap.add_argument(
         "--den-cache",
