@@ -915,9 +915,17 @@ def test_semantic_class_names_are_kept_with_the_model(files, capsys, tmp_path):
     with tifffile.TiffFile(written / "noisy_prob.tif") as tif:
         assert tif.imagej_metadata["Labels"] == ["background", "nucleus"]
         assert tif.asarray().shape[0] == 2
+    # evaluate reads the names beside the labels; without --semantic it suggests it
+    pair = [str(written / "noisy_labels.tif"), "--truth", str(tmp_path / "truth.tif")]
+    assert main(["evaluate", *pair, "--semantic"]) == 0
+    assert "class IoU 1 background: " in capsys.readouterr().out
+    assert main(["evaluate", *pair]) == 0
+    assert "if its values are classes, add --semantic" in capsys.readouterr().err
     # a model without names, segmenting into the same folder, leaves no stale table
     unnamed = tmp_path / "unnamed.aeseg"
     assert main([a if a != str(seg) else str(unnamed) for a in argv] + ["--quiet"]) == 0
+    # 3 steps: the model gets under half of its own scribbles right, and is told so
+    assert "noisy.tif: the result gets only " in capsys.readouterr().err
     assert main(["segment", str(unnamed), image, *out]) == 0
     assert not (written / "noisy_classes.csv").exists()
     with tifffile.TiffFile(written / "noisy_prob.tif") as tif:

@@ -619,6 +619,7 @@ def _train_segmenter(args) -> int:
         SegmenterTrainer,
         check_class_names,
         make_segmenter_config,
+        missed_scribbles_note,
         parse_class_names,
         scribble_classes,
         shortened_note,
@@ -715,7 +716,21 @@ def _train_segmenter(args) -> int:
     warning = undertrained_note(model)
     if warning:  # (even with --quiet: the model is probably useless)
         print(f"aeseg train-segmenter: warning: {warning}", file=sys.stderr)
+    if args.labels_kind == "scribbles" and sum(i.size for i in images) <= CHECK_SCRIBBLES_PIXELS:
+        # how much of its own scribbles the model gets right (the loss can look fine while
+        # a class is lost); a few seconds, so only on images of moderate size
+        for f, image, lab in zip(files, images, labels, strict=True):
+            result = model.segment(image, axes=config.axes, device=args.device)
+            missed = missed_scribbles_note(
+                result.labels, lab, target=config.target, class_names=class_names
+            )
+            if missed:
+                print(f"aeseg train-segmenter: warning: {f.path.name}: {missed}", file=sys.stderr)
     return 0
+
+
+#: images up to this many pixels in all are segmented after training to check the scribbles
+CHECK_SCRIBBLES_PIXELS = 1 << 24
 
 
 def _segment(args) -> int:
@@ -881,6 +896,7 @@ def _frame_axes(axes: str | None, shape: tuple[int, ...]) -> int:
 def _evaluate(args) -> int:
     from .core.image_io import read_image
     from .core.metrics import (
+        MAX_CLASSES,
         scattered_values_note,
         score_instances,
         score_semantic,
@@ -894,11 +910,13 @@ def _evaluate(args) -> int:
     rows, summaries = [], []
     for p, t in zip(args.pred, args.truth, strict=True):
         truth, pred = read_image(t), read_image(p)
+        names = None
         if args.semantic:
             scores = score_semantic(truth.data, pred.data)
             note = zero_based_note(truth.data, int(np.max(pred.data, initial=0)))
             if note:
                 print(f"aeseg evaluate: note: {t}: {note}", file=sys.stderr)
+            names = _class_table(p)
         else:
             recorded = [a for a in (pred.axes, truth.axes) if a and "C" not in a]
             frames = _frame_axes(args.axes or next(iter(recorded), None), pred.data.shape)
@@ -907,10 +925,12 @@ def _evaluate(args) -> int:
             )
             for f, name in ((pred, p), (truth, t)):
                 note = scattered_values_note(f.data, f"'{name}'", frame_axes=frames)
+                if note and int(np.max(f.data)) <= MAX_CLASSES:
+                    note += "; if its values are classes, add --semantic"
                 if note:
                     print(f"aeseg evaluate: note: {note}", file=sys.stderr)
         rows.append({"pred": p, "truth": t, **scores.as_dict()})
-        summaries.append(f"{p}: {scores.summary()}")
+        summaries.append(f"{p}: {scores.summary(names) if names else scores.summary()}")
     keys = (
         ("mean_iou", "accuracy") if args.semantic else ("ap", "f1", "mean_matched_iou", "pixel_iou")
     )
@@ -924,6 +944,26 @@ def _evaluate(args) -> int:
         names |= {"mean_iou": "mean IoU", "accuracy": "accuracy"}
         print("mean: " + "  ".join(f"{names[k]} {v:.3f}" for k, v in mean.items()))
     return 0
+
+
+def _class_table(labels_path: str) -> list[str] | None:
+    """The class names that ``segment`` wrote beside ``<stem>_labels.tif`` (in
+    ``<stem>_classes.csv``), in order of their values 1..K, or None."""
+    import csv
+
+    path = Path(labels_path)
+    stem = path.name.split(".")[0]
+    if not stem.endswith("_labels"):
+        return None
+    table = path.with_name(stem[: -len("_labels")] + "_classes.csv")
+    try:
+        with table.open(newline="", encoding="utf-8") as fh:
+            rows = {int(r["label"]): r["name"] for r in csv.DictReader(fh)}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if sorted(rows) != list(range(1, len(rows) + 1)):
+        return None
+    return [rows[k] for k in range(1, len(rows) + 1)]
 
 
 def _info(args) -> int:

@@ -713,3 +713,28 @@ def test_class_names_are_parsed_and_checked():
         make_segmenter_config((32, 32), target="instances", class_names=["a", "b"])
     with pytest.raises(InvalidInputError, match="not empty"):
         make_segmenter_config((32, 32), target="semantic", n_classes=3, class_names=["a", "", "c"])
+
+
+def test_a_result_that_misses_its_own_scribbles_is_flagged():
+    """Under half of the pixels painted as a class coming out as that class: a warning
+    naming the classes; a result that gets them right: none."""
+    from napari_aeseg.core.segmenter import missed_scribbles_note
+
+    scribbles = np.zeros((20, 20), np.uint8)
+    scribbles[2, 2:8], scribbles[10, 2:8], scribbles[15, 2:8] = 1, 2, 3
+    right = np.ones((20, 20), np.uint16)
+    right[10], right[15] = 2, 3
+    names = ["background", "vessel", "optic disc"]
+    assert missed_scribbles_note(right, scribbles, target="semantic", class_names=names) is None
+    disc = np.full((20, 20), 3, np.uint16)  # everything one class, as an undertrained run
+    note = missed_scribbles_note(disc, scribbles, target="semantic", class_names=names)
+    assert "0% of those painted 1 (background) and 0% of those painted 2 (vessel)" in note
+    assert "painted 3" not in note
+    # objects: ids > 0 count as objects, 0 as background; instance masks are not judged
+    objects = np.zeros((20, 20), np.uint16)
+    objects[8:12] = 7
+    assert missed_scribbles_note(objects, np.minimum(scribbles, 2), target="instances") is None
+    assert "painted 2 (objects)" in missed_scribbles_note(
+        np.zeros_like(objects), np.minimum(scribbles, 2), target="instances"
+    )
+    assert missed_scribbles_note(disc, scribbles * 3, target="instances") is None

@@ -375,6 +375,11 @@ def test_semantic_classes_then_instances_reuse_the_output_layers(
     world = seg.data_to_world((y, x))
     assert seg.data[y, x] == 2
     assert "class: nucleus" in seg.get_status(world, world=True)["coordinates"]
+    # the scribbles too, while painting (the scribble layer is the active one)
+    painted = viewer.layers["noisy scribbles"]
+    yy, xx = np.argwhere(np.asarray(painted.data) == 2)[0]
+    at = painted.data_to_world((yy, xx))
+    assert "class: nucleus" in painted.get_status(at, world=True)["coordinates"]
     assert set(np.unique(seg.data)) == {1, 2}
     assert ((seg.data == 2) == (truth > 0)).mean() > 0.9
     # the results are not offered to the Train widget as training images
@@ -408,6 +413,8 @@ def test_semantic_classes_then_instances_reuse_the_output_layers(
     wait_idle(qtbot, widget, timeout=60_000)
     assert widget.model.config.class_names == ["background", "nucleus"]
     assert viewer.layers[SEG_NAME].features["class"].tolist() == ["background", "nucleus"]
+    # 3 steps: the nuclei's scribbles come out as background, and the status says so
+    assert "of those painted 2 (nucleus) right" in widget.status.text()
 
     n_layers = len(viewer.layers)
     widget.set_options(mode=INSTANT, target="instances")

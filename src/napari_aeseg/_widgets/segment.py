@@ -59,6 +59,7 @@ from ..core.segmenter import (
     check_class_names,
     format_class_names,
     make_segmenter_config,
+    missed_scribbles_note,
     parse_class_names,
     scribble_classes,
     shortened_note,
@@ -161,6 +162,8 @@ class Segmented:
     other_samples: dict | None = None
     #: a live preview of one plane of a stack: (spatial axis, index); the outputs are 2D
     plane: tuple[int, int] | None = None
+    #: a fine-tuned result that gets many of its own scribbles wrong (a warning), or None
+    missed: str | None = None
 
 
 @dataclass(frozen=True)
@@ -268,6 +271,11 @@ class SegmentJob(WorkerJob):
                 spacing=spacing,
             )
             probability = foreground_or_all(result.probabilities, target)
+            missed = None
+            if config.labels_kind == "scribbles":
+                missed = missed_scribbles_note(
+                    result.labels, labels, target=target, class_names=config.class_names
+                )
             return Segmented(
                 labels=result.labels,
                 probability=probability,
@@ -280,6 +288,7 @@ class SegmentJob(WorkerJob):
                     n_classes=model.config.n_classes,
                 ),
                 model=model,
+                missed=missed,
             )
         except (Cancelled, TrainingCancelled):
             return Stopped(self.trainer.result() if self._has_steps() else None)
@@ -2000,6 +2009,12 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
         _class_or_object_colors(layer, semantic=target == "semantic")
         _name_classes(layer, self._class_names if target == "semantic" else None)
         labels_layer = self.labels_combo.layer()
+        if (
+            target == "semantic"
+            and labels_layer is not None
+            and (labels_layer.features.empty or "class" in labels_layer.features)
+        ):  # the scribbles' classes named too: the status bar shows them while painting
+            _name_classes(labels_layer, self._class_names)
         if labels_layer is not None:  # keep painting where the user was, and see the strokes
             layers = self.viewer.layers
             if layers.index(labels_layer) < layers.index(layer):
@@ -2039,6 +2054,7 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
             self.progress.setValue(self.progress.maximum())
         self.status.setText(f"Done: {n} {what}{where} in '{layer.name}'.")
         warning = undertrained_note(result.model) if result.model is not None else None
+        warning = "; ".join(w for w in (warning, result.missed) if w) or None
         if warning:
             self.status.setText(f"{self.status.text()} Warning: {warning}.")
             show_warning(f"Segment: {warning}")

@@ -259,8 +259,8 @@ def check_class_numbering(values: np.ndarray) -> None:
         values_text = ", ".join(str(v) for v in missing[:8]) + (", ..." if len(missing) > 8 else "")
         raise InvalidInputError(
             f"scribble value(s) {values_text} are not used but {top} is: classes are numbered "
-            f"1..{top} without gaps (1 = background, 2 = foreground, k + 1 = class k), "
-            "so paint every class or renumber them"
+            f"1..{top} without gaps (each value one class; for objects 1 = background and "
+            "2 = objects), so paint every class or renumber them"
         )
 
 
@@ -1100,6 +1100,45 @@ def undertrained_note(model: SegmenterModel) -> str | None:
     return (
         f"the training loss ended at {mean:.2f}, near the {chance:.2f} of guessing: the "
         f"network has probably not learnt the classes yet; train for more steps{start}"
+    )
+
+
+#: below this share of the pixels painted as a class coming out as that class, a result is
+#: flagged: a network fitted to its scribbles gets most of them right
+MISSED_SCRIBBLES = 0.5
+
+
+def missed_scribbles_note(
+    labels: np.ndarray,
+    scribbles: np.ndarray,
+    *,
+    target: str,
+    class_names: Sequence[str] | None = None,
+) -> str | None:
+    """A warning when a result gets under half of the pixels painted as some class right
+    (scribbles 1 = background, 2 = objects, or classes 1..K; ``labels`` the result: object
+    ids, or classes 1..K). The training loss can look fine while a class is lost."""
+    labels, scribbles = np.asarray(labels), np.asarray(scribbles)
+    if labels.shape != scribbles.shape:
+        return None
+    painted = scribbles > 0
+    values, classes = labels[painted], scribbles[painted]
+    if target == "instances":
+        if classes.max(initial=0) > 2:  # instance masks, not scribbles
+            return None
+        values = np.where(values > 0, 2, 1)
+    missed = []
+    for k in np.unique(classes):
+        right = float(np.mean(values[classes == k] == k))
+        if right < MISSED_SCRIBBLES:
+            name = class_names[k - 1] if class_names and k <= len(class_names) else None
+            what = {1: "background", 2: "objects"}.get(int(k)) if target == "instances" else name
+            missed.append(f"{right:.0%} of those painted {int(k)}" + (f" ({what})" if what else ""))
+    if not missed:
+        return None
+    return (
+        f"the result gets only {' and '.join(missed)} right: train for more steps, or try the "
+        "instant classifier"
     )
 
 
