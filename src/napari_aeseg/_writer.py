@@ -48,9 +48,24 @@ def _layer_spacing(meta: dict, axes: str | None) -> dict[str, float] | None:
     return spacing
 
 
+def _class_names(meta: dict) -> list[str] | None:
+    """The names the Segment widget gave a layer's classes 1..K (its features), or None."""
+    features = meta.get("features")
+    try:
+        index = [int(i) for i in features["index"]]
+        names = [str(n) for n in features["class"]]
+    except (TypeError, KeyError, ValueError):
+        return None
+    if not names or index != list(range(1, len(names) + 1)):
+        return None
+    return names
+
+
 def write_labels_tiff(path: str, data: Any, meta: dict) -> list[str]:
     """Write a labels layer to a zlib-compressed TIFF (lossless, same dtype), with the
-    layer's scale as the voxel size the readers of this plugin and the CLI pick up."""
+    layer's scale as the voxel size the readers of this plugin and the CLI pick up. Named
+    classes go into ``<stem>_classes.csv`` beside it (``label,name``), as ``aeseg segment``
+    writes them."""
     labels = np.asarray(_level0(data, meta))
     axes = _layer_axes(meta, labels.ndim)
     axes = axes if axes and labels.ndim <= 4 else None
@@ -59,7 +74,16 @@ def write_labels_tiff(path: str, data: Any, meta: dict) -> list[str]:
     ]
     unit = spatial[0] if len(set(spatial)) == 1 else None  # ("pixel": none written)
     out = write_tiff(path, labels, axes=axes, spacing=_layer_spacing(meta, axes), unit=unit)
-    return [str(out)]
+    names = _class_names(meta)
+    if names is None:
+        return [str(out)]
+    from .core.model_io import atomic_write_bytes
+    from .core.segmenter import csv_field
+
+    stem = out.name.split(".")[0].removesuffix("_labels")
+    rows = "".join(f"{i},{csv_field(n)}\n" for i, n in enumerate(names, 1))
+    table = atomic_write_bytes(out.with_name(f"{stem}_classes.csv"), f"label,name\n{rows}".encode())
+    return [str(out), str(table)]
 
 
 def _axes_metadata(ndim: int, units=None, names: str | None = None) -> list[dict]:
@@ -131,7 +155,13 @@ def write_labels_zarr(path: str, data: Any, meta: dict) -> list[str]:
                 "datasets": datasets,
             }
         ]
-        group.attrs["image-label"] = {"version": "0.4", "source": {}}
+        image_label: dict = {"version": "0.4", "source": {}}
+        names = _class_names(meta)
+        if names:  # NGFF's per-value properties: the class of each label value
+            image_label["properties"] = [
+                {"label-value": i, "class": n} for i, n in enumerate(names, 1)
+            ]
+        group.attrs["image-label"] = image_label
         if target.exists():
             old = target.with_name(f".{target.name}.old")
             os.replace(target, old)

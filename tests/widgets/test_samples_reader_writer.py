@@ -189,6 +189,23 @@ def test_labels_writers_round_trip(make_napari_viewer, tmp_path, dtype, suffix):
     np.testing.assert_array_equal(back, labels)
 
 
+def test_named_classes_are_saved_with_the_labels(make_napari_viewer, tmp_path):
+    """The class names of a semantic result (its features) go into a table beside a TIFF,
+    and into an OME-Zarr's image-label properties."""
+    import zarr
+
+    viewer = make_napari_viewer()
+    layer = viewer.add_labels(np.array([[1, 2], [3, 1]], np.uint8), name="tissue")
+    layer.features = {"index": [1, 2, 3], "class": ["background", "tumour, grade 2", "stroma"]}
+    written = viewer.layers.save(str(tmp_path / "tissue_labels.tif"), plugin="napari-aeseg")
+    assert written == [str(tmp_path / "tissue_labels.tif"), str(tmp_path / "tissue_classes.csv")]
+    table = (tmp_path / "tissue_classes.csv").read_text()
+    assert table == 'label,name\n1,background\n2,"tumour, grade 2"\n3,stroma\n'
+    viewer.layers.save(str(tmp_path / "tissue.zarr"), plugin="napari-aeseg")
+    props = zarr.open_group(str(tmp_path / "tissue.zarr"), mode="r").attrs["image-label"]
+    assert props["properties"][1] == {"label-value": 2, "class": "tumour, grade 2"}
+
+
 @pytest.mark.parametrize("suffix", [".tif", ".zarr"])
 def test_labels_of_a_movie_keep_time_apart_from_space(tmp_path, suffix):
     """A layer whose axis labels say t, y, x: the frame interval is no voxel size."""
