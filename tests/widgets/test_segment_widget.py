@@ -402,10 +402,11 @@ def test_semantic_classes_then_instances_reuse_the_output_layers(
     assert prob.translate[0] == 1 and tuple(viewer.dims.range[0][:2]) == (1, 2)
     viewer.dims.set_point(0, 2)
     assert prob.world_to_data(viewer.dims.point)[0] == 1
-    # classes in the scribble colours
+    # classes in the scribble colours, the background (1) left clear to see the image
     np.testing.assert_allclose(
         seg.colormap.map(2)[:3], viewer.layers["noisy scribbles"].colormap.map(2)[:3]
     )
+    assert seg.colormap.map(1)[3] == 0 and viewer.layers["noisy scribbles"].colormap.map(1)[3] > 0
 
     # a fine-tuned semantic segmenter keeps the names
     widget.set_options(**{**TINY_SEG, "steps": 3})

@@ -2139,11 +2139,16 @@ class _LayerLink:
         self._on_change()
 
 
-def class_colormap():
-    """Label colours of scribbles and semantic classes (see :data:`CLASS_COLORS`)."""
+def class_colormap(*, background: bool = True):
+    """Label colours of scribbles and semantic classes (see :data:`CLASS_COLORS`); without
+    ``background``, class 1 (background, by the scribbles' convention) is transparent, so
+    that a result shows the image under it rather than one colour over most of it."""
     from napari.utils.colormaps import DirectLabelColormap
 
-    return DirectLabelColormap(color_dict=CLASS_COLORS)
+    colors = dict(CLASS_COLORS)
+    if not background:
+        colors[1] = "transparent"
+    return DirectLabelColormap(color_dict=colors)
 
 
 def _name_classes(layer: Labels, names: list[str] | None) -> None:
@@ -2161,7 +2166,7 @@ def _class_or_object_colors(layer: Labels, *, semantic: bool) -> None:
 
     ours = isinstance(layer.colormap, DirectLabelColormap)
     if semantic and not ours:
-        layer.colormap = class_colormap()
+        layer.colormap = class_colormap(background=False)
     elif not semantic and ours:
         layer.colormap = label_colormap()
 
