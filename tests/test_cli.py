@@ -940,3 +940,23 @@ def test_help_shows_the_defaults(capsys):
     assert "(default: 2000)" in text and "(default: n2v2)" in text
     assert "(default: None)" not in text and "(default: False)" not in text
     assert "same run) (default: 0)" in text, "a zero default is shown too"
+
+
+def test_float_scribbles_and_dotted_names(files, capsys, tmp_path):
+    """Scribbles saved as floats (Fiji's 32-bit) train and are checked; evaluate finds the
+    class table of an output whose input name had a dot (a.ome.tif -> a.ome_labels.tif)."""
+    from napari_aeseg.cli import _class_table
+
+    truth = tifffile.imread(files / "clean.tif") > 0.5
+    classes = np.zeros(truth.shape, np.float32)
+    classes[::7, ::7] = np.where(truth[::7, ::7], 2, 1)
+    tifffile.imwrite(tmp_path / "classes.tif", classes)
+    seg = tmp_path / "f.aeseg"
+    argv = ["train-segmenter", str(files / "noisy.tif"), "--labels", str(tmp_path / "classes.tif")]
+    argv += ["--out", str(seg), "--encoder", "none", "--target", "semantic"]
+    argv += ["--class-names", "background,nucleus", *_tiny_segmenter(steps=3)]
+    assert main(argv) == 0
+    assert "Traceback" not in capsys.readouterr().err
+    (tmp_path / "a.ome_classes.csv").write_text("label,name\n1,background\n2,nucleus\n")
+    assert _class_table(str(tmp_path / "a.ome_labels.tif")) == ["background", "nucleus"]
+    assert _class_table(str(tmp_path / "a.ome.tif")) is None

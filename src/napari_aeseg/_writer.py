@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,8 @@ def _layer_spacing(meta: dict, axes: str | None) -> dict[str, float] | None:
 def _class_names(meta: dict) -> list[str] | None:
     """The names the Segment widget gave a layer's classes 1..K (its features), or None."""
     features = meta.get("features")
+    if set(getattr(features, "columns", ())) != {"index", "class"}:  # the widget's table only
+        return None
     try:
         index = [int(i) for i in features["index"]]
         names = [str(n) for n in features["class"]]
@@ -75,15 +78,33 @@ def write_labels_tiff(path: str, data: Any, meta: dict) -> list[str]:
     unit = spatial[0] if len(set(spatial)) == 1 else None  # ("pixel": none written)
     out = write_tiff(path, labels, axes=axes, spacing=_layer_spacing(meta, axes), unit=unit)
     names = _class_names(meta)
+    table = out.with_name(f"{out.stem.removesuffix('_labels')}_classes.csv")
+    ours = table.is_file() and _is_class_table(table)
     if names is None:
+        if ours:  # a table of an earlier layer saved here would name the wrong classes
+            table.unlink()
+        return [str(out)]
+    if table.exists() and not ours:
+        warnings.warn(
+            f"class names not written: '{table}' exists and is not a class table",
+            stacklevel=2,
+        )
         return [str(out)]
     from .core.model_io import atomic_write_bytes
     from .core.segmenter import csv_field
 
-    stem = out.name.split(".")[0].removesuffix("_labels")
     rows = "".join(f"{i},{csv_field(n)}\n" for i, n in enumerate(names, 1))
-    table = atomic_write_bytes(out.with_name(f"{stem}_classes.csv"), f"label,name\n{rows}".encode())
+    atomic_write_bytes(table, f"label,name\n{rows}".encode())
     return [str(out), str(table)]
+
+
+def _is_class_table(path: Path) -> bool:
+    """Whether ``path`` is a ``label,name`` table as this plugin writes them."""
+    try:
+        with path.open(encoding="utf-8") as fh:
+            return fh.readline().strip() == "label,name"
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def _axes_metadata(ndim: int, units=None, names: str | None = None) -> list[dict]:

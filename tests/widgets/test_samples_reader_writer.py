@@ -204,6 +204,20 @@ def test_named_classes_are_saved_with_the_labels(make_napari_viewer, tmp_path):
     viewer.layers.save(str(tmp_path / "tissue.zarr"), plugin="napari-aeseg")
     props = zarr.open_group(str(tmp_path / "tissue.zarr"), mode="r").attrs["image-label"]
     assert props["properties"][1] == {"label-value": 2, "class": "tumour, grade 2"}
+    # saved again without names: the old table goes (it would name the wrong classes)
+    layer.features = {}
+    written = viewer.layers.save(str(tmp_path / "tissue_labels.tif"), plugin="napari-aeseg")
+    assert written == [str(tmp_path / "tissue_labels.tif")]
+    assert not (tmp_path / "tissue_classes.csv").exists()
+    # a file of the user's of that name is kept; other feature tables are no class names
+    (tmp_path / "tissue_classes.csv").write_text("my notes")
+    layer.features = {"index": [1, 2, 3], "class": ["a", "b", "c"]}
+    with pytest.warns(UserWarning, match="is not a class table"):
+        viewer.layers.save(str(tmp_path / "tissue_labels.tif"), plugin="napari-aeseg")
+    assert (tmp_path / "tissue_classes.csv").read_text() == "my notes"
+    layer.features = {"index": [1, 2, 3], "class": ["a", "b", "c"], "area": [4, 5, 6]}
+    written = viewer.layers.save(str(tmp_path / "cells_labels.tif"), plugin="napari-aeseg")
+    assert written == [str(tmp_path / "cells_labels.tif")]
 
 
 @pytest.mark.parametrize("suffix", [".tif", ".zarr"])

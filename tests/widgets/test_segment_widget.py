@@ -1249,3 +1249,17 @@ def test_guesses_and_scores_of_unusual_layers():
     # a class map with more classes than the segmenter learnt: said, not scored as objects
     three = classes + (truth > 18)
     assert "3 but there are 2 classes" in str(_score(three, classes, "semantic", n_classes=2))
+
+
+def test_class_colours_leave_only_a_background_clear():
+    """Class 1 is shown clear when it is the background (unnamed, or named so); classes
+    named otherwise keep their colour."""
+    from napari_aeseg._widgets.segment import _class_or_object_colors
+
+    layer = Labels(np.array([[1, 2]], np.uint8))
+    _class_or_object_colors(layer, semantic=True)
+    assert layer.colormap.map(1)[3] == 0 and layer.colormap.map(2)[3] > 0
+    _class_or_object_colors(layer, semantic=True, clear_first=False)  # 'nucleus, cytoplasm'
+    assert layer.colormap.map(1)[3] > 0
+    _class_or_object_colors(layer, semantic=False)
+    assert layer.colormap.map(1)[3] > 0 and layer.colormap.map(5)[3] > 0

@@ -2006,13 +2006,20 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
             visible=False,
         )
         layer = _put(self.viewer, Labels, names[0], labels, space, opacity=0.5)
-        _class_or_object_colors(layer, semantic=target == "semantic")
+        named = self._class_names if target == "semantic" else None
+        _class_or_object_colors(
+            layer,
+            semantic=target == "semantic",
+            # class 1 is the background by the scribbles' convention, unless named otherwise
+            clear_first=not named or named[0].strip().lower() == "background",
+        )
         _name_classes(layer, self._class_names if target == "semantic" else None)
         labels_layer = self.labels_combo.layer()
         if (
             target == "semantic"
+            and self._class_names
             and labels_layer is not None
-            and (labels_layer.features.empty or "class" in labels_layer.features)
+            and set(labels_layer.features.columns) <= {"index", "class"}
         ):  # the scribbles' classes named too: the status bar shows them while painting
             _name_classes(labels_layer, self._class_names)
         if labels_layer is not None:  # keep painting where the user was, and see the strokes
@@ -2160,14 +2167,17 @@ def _name_classes(layer: Labels, names: list[str] | None) -> None:
         layer.features = {}
 
 
-def _class_or_object_colors(layer: Labels, *, semantic: bool) -> None:
-    """Classes in the scribble colours; objects in napari's cycling colours."""
+def _class_or_object_colors(layer: Labels, *, semantic: bool, clear_first: bool = True) -> None:
+    """Classes in the scribble colours (class 1 transparent with ``clear_first``); objects
+    in napari's cycling colours."""
     from napari.utils.colormaps import DirectLabelColormap, label_colormap
 
-    ours = isinstance(layer.colormap, DirectLabelColormap)
-    if semantic and not ours:
-        layer.colormap = class_colormap(background=False)
-    elif not semantic and ours:
+    if semantic:
+        current = layer.colormap
+        clear = isinstance(current, DirectLabelColormap) and current.map(1)[3] == 0
+        if not isinstance(current, DirectLabelColormap) or clear != clear_first:
+            layer.colormap = class_colormap(background=not clear_first)
+    elif isinstance(layer.colormap, DirectLabelColormap):
         layer.colormap = label_colormap()
 
 

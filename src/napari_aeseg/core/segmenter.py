@@ -1128,7 +1128,7 @@ def missed_scribbles_note(
             return None
         values = np.where(values > 0, 2, 1)
     missed = []
-    for k in np.unique(classes):
+    for k in np.unique(classes).astype(int):
         right = float(np.mean(values[classes == k] == k))
         if right < MISSED_SCRIBBLES:
             name = class_names[k - 1] if class_names and k <= len(class_names) else None
