@@ -1263,3 +1263,26 @@ def test_class_colours_leave_only_a_background_clear():
     assert layer.colormap.map(1)[3] > 0
     _class_or_object_colors(layer, semantic=False)
     assert layer.colormap.map(1)[3] > 0 and layer.colormap.map(5)[3] > 0
+
+
+def test_a_run_scrolls_its_status_into_view(qtbot, make_napari_viewer, cells):
+    """With Advanced open in a small window, the status and progress are below the fold:
+    starting a run scrolls them into view."""
+    from qtpy.QtWidgets import QScrollArea
+
+    noisy, _, scribbles = cells
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1100, 650)
+    viewer.add_image(noisy, name="noisy")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-aeseg", "Segment")
+    widget.advanced.expand(animate=False)
+    paint(viewer, widget, scribbles)
+    widget.set_options(**{**TINY_SEG, "steps": 3})
+    scroll = widget.findChild(QScrollArea)
+    qtbot.wait(200)
+    assert scroll.verticalScrollBar().value() == 0
+    widget.run_button.click()
+    qtbot.waitUntil(lambda: scroll.verticalScrollBar().value() > 0, timeout=5_000)
+    top = widget.status.mapTo(scroll.viewport(), widget.status.rect().topLeft()).y()
+    assert 0 <= top < scroll.viewport().height(), "the status line is on screen"
+    wait_idle(qtbot, widget, timeout=60_000)

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from napari.layers import Image
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import QEvent, QSize, Qt, Signal
+from qtpy.QtCore import QEvent, QSize, Qt, QTimer, Signal
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QComboBox,
@@ -226,6 +226,16 @@ def scrolling_layout(widget: QWidget) -> QVBoxLayout:
     frame.setContentsMargins(0, 0, 0, 0)
     frame.addWidget(scroll)
     return QVBoxLayout(contents)
+
+
+def bring_into_view(widget: QWidget) -> None:
+    """Scroll the dock's scroll area (:func:`scrolling_layout`) so that ``widget`` shows: a
+    run started with *Advanced* open keeps its status and progress in sight."""
+    parent = widget.parentWidget()
+    while parent is not None and not isinstance(parent, QScrollArea):
+        parent = parent.parentWidget()
+    if parent is not None:  # once the contents' new size (a section just opened) is laid out
+        QTimer.singleShot(0, lambda: parent.ensureWidgetVisible(widget, 0, 24))
 
 
 def format_seconds(seconds: float) -> str:

@@ -80,6 +80,7 @@ from ._common import (
     ask_and_load_denoiser,
     ask_and_save_model,
     axes_for_model,
+    bring_into_view,
     combo_box,
     format_seconds,
     guess_layer_axes,
@@ -1543,6 +1544,8 @@ class SegmentWidget(StopsWhenUndocked, QWidget):
             self.loss_plot.clear()
             self.loss_plot.set_planned_steps(total)
         self._update_buttons()
+        if not quiet:  # (a live update leaves the view where the user works)
+            bring_into_view(self.status)
         self._worker = start_job(
             gen,
             on_yield=self._on_yield,

@@ -52,6 +52,7 @@ from ._common import (
     add_output,
     ask_and_load_denoiser,
     ask_and_save_model,
+    bring_into_view,
     combo_box,
     format_seconds,
     guess_layer_axes,
@@ -725,6 +726,7 @@ class TrainDenoiserWidget(StopsWhenUndocked, QWidget):
         self._latest = None
         self.status.setText("Preparing the training data...")
         self._update_buttons()
+        bring_into_view(self.status)
         self._worker = start_job(
             gen,
             on_yield=self._on_yield,
