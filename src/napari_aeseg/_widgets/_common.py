@@ -234,8 +234,16 @@ def bring_into_view(widget: QWidget) -> None:
     parent = widget.parentWidget()
     while parent is not None and not isinstance(parent, QScrollArea):
         parent = parent.parentWidget()
-    if parent is not None:  # once the contents' new size (a section just opened) is laid out
-        QTimer.singleShot(0, lambda: parent.ensureWidgetVisible(widget, 0, 24))
+    if parent is None:
+        return
+
+    def scroll() -> None:
+        try:
+            parent.ensureWidgetVisible(widget, 0, 24)
+        except RuntimeError:  # the dock was closed in the meantime
+            pass
+
+    QTimer.singleShot(0, scroll)  # once the contents' new size (a section opened) is laid out
 
 
 def format_seconds(seconds: float) -> str:
