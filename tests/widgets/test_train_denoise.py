@@ -14,7 +14,7 @@ from napari_aeseg.core.denoiser import DenoiserModel
 from napari_aeseg.core.models import build_network
 from napari_aeseg.core.noise import psnr
 
-from .conftest import layer_state, wait_idle
+from .conftest import TINY, layer_state, wait_idle
 
 
 def test_train_from_start_button_then_denoise(qtbot, viewer_with_widgets, nuclei):
@@ -477,3 +477,24 @@ def test_denoise_warns_on_intensities_far_from_the_training_data(
     denoise.run(sync=True)
     assert len(warned) == 1 and "far from those" in warned[0]
     assert viewer.layers[output_name("ct", train.model.name)].data.shape == nuclei[1].shape
+
+
+def test_starting_training_scrolls_its_status_into_view(qtbot, make_napari_viewer, nuclei):
+    """With Advanced open in a small window, the status is below the fold: Start scrolls
+    it into view."""
+    from qtpy.QtWidgets import QScrollArea
+
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1100, 600)
+    viewer.add_image(nuclei[1], name="noisy")
+    _, train = viewer.window.add_plugin_dock_widget("napari-aeseg", "Train denoiser")
+    train.set_options(**{**TINY, "steps": 4})
+    train.advanced.expand(animate=False)
+    scroll = train.findChild(QScrollArea)
+    qtbot.wait(200)
+    assert scroll.verticalScrollBar().value() == 0
+    train.start_button.click()
+    qtbot.waitUntil(lambda: scroll.verticalScrollBar().value() > 0, timeout=5_000)
+    top = train.status.mapTo(scroll.viewport(), train.status.rect().topLeft()).y()
+    assert 0 <= top < scroll.viewport().height(), "the status line is on screen"
+    wait_idle(qtbot, train)
